@@ -1,0 +1,32 @@
+#!/bin/bash
+# Installs every Debian package kiln, its tests and the demo need. Idempotent: packages
+# already present are skipped, so a second run makes no network requests.
+set -euo pipefail
+PKGS=(
+  # boot harness
+  qemu-system-x86 ovmf
+  # filesystems and partition tables (oracles and mkfs for the root filesystem)
+  e2fsprogs xfsprogs btrfs-progs dosfstools mtools gdisk fdisk util-linux
+  # the test image and the image oracles
+  debootstrap ostree skopeo umoci zstd gzip tar jq attr libcap2-bin
+  # disk-format and OVF oracles
+  qemu-utils libxml2-utils
+  # the reference pipeline (the speed peer)
+  grub-efi-amd64-bin grub-pc-bin grub-common
+  # local registry tests
+  docker-registry apache2-utils
+  python3 ca-certificates curl
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# docker-registry's package starts a system service on :5000; tests start their own.
+if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl stop docker-registry || true; fi
+echo "setup: all packages present"

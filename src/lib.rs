@@ -1,0 +1,15 @@
+//! kiln: bakes bootable container images into disk images and installs them.
+//!
+//! The pipeline flows one way, one module per stage (see ARCHITECTURE.md):
+//! `image` → `tree` → `ostree` → `disk` → `bootloader` → `output`.
+
+pub mod bake;
+pub mod bootloader;
+pub mod cli;
+pub mod disk;
+pub mod image;
+pub mod ostree;
+pub mod output;
+pub mod platform;
+pub mod progress;
+pub mod tree;
