@@ -8,7 +8,7 @@ PKGS=(
   # filesystems and partition tables (oracles and mkfs for the root filesystem)
   e2fsprogs xfsprogs btrfs-progs dosfstools mtools gdisk fdisk util-linux
   # the test image and the image oracles
-  debootstrap ostree skopeo umoci zstd gzip tar jq attr libcap2-bin
+  debootstrap ostree skopeo umoci zstd gzip tar cpio jq attr libcap2-bin
   # disk-format and OVF oracles
   qemu-utils libxml2-utils
   # the reference pipeline (the speed peer)

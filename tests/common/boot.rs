@@ -1,0 +1,308 @@
+//! Boot harness: boots a disk image under QEMU (TCG; KVM is unreliable on these machines) in
+//! UEFI (OVMF) or BIOS (SeaBIOS) mode, never modifying the image (`snapshot=on`), and returns
+//! the report the test image's boot probe prints on the second serial port.
+//!
+//! Self-contained (std only) so that tests and the demo (`examples/boot-probe.rs`) share it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Uefi,
+    Bios,
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Firmware::Uefi => "UEFI (OVMF)",
+            Firmware::Bios => "BIOS (SeaBIOS)",
+        })
+    }
+}
+
+/// What the probe reported: facts (`info`) and one pass/fail line per expectation.
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    pub info: Vec<(String, String)>,
+    pub checks: BTreeMap<String, Check>,
+    /// The serial console log, kept for people reading failures.
+    pub console_log: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub pass: bool,
+    pub detail: String,
+}
+
+impl ProbeReport {
+    pub fn info(&self, key: &str) -> Option<&str> {
+        self.info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn info_all(&self, key: &str) -> Vec<&str> {
+        self.info.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+
+    pub fn failed(&self) -> Vec<&str> {
+        self.checks.iter().filter(|(_, c)| !c.pass).map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Asserts that exactly the checks in `expected_failures` fail and every other check
+    /// passes; a check named in `expected_failures` that passes is an error too (a probe that
+    /// cannot fail proves nothing). Panics with the whole report otherwise.
+    pub fn assert_outcome(&self, expected_failures: &[&str]) {
+        for name in expected_failures {
+            assert!(
+                self.checks.contains_key(*name),
+                "probe has no check named {name}\n{self}"
+            );
+        }
+        let failed = self.failed();
+        let unexpected: Vec<_> = failed.iter().filter(|n| !expected_failures.contains(n)).collect();
+        let passed_but_expected: Vec<_> =
+            expected_failures.iter().filter(|n| !failed.contains(n)).collect();
+        assert!(
+            unexpected.is_empty() && passed_but_expected.is_empty(),
+            "probe outcome differs from the expected one:\n  failed but should pass: {unexpected:?}\n  \
+             passed but expected to fail: {passed_but_expected:?}\n{self}"
+        );
+    }
+}
+
+impl fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (k, v) in &self.info {
+            writeln!(f, "  {k}: {v}")?;
+        }
+        for (name, c) in &self.checks {
+            writeln!(f, "  [{}] {name}: {}", if c.pass { "pass" } else { "FAIL" }, c.detail)?;
+        }
+        write!(f, "  (console log: {})", self.console_log.display())
+    }
+}
+
+/// Why a boot produced no report. The message names the firmware and carries the tail of the
+/// serial console log.
+#[derive(Debug)]
+pub struct BootError(pub String);
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BootError {}
+
+pub struct Boot<'a> {
+    pub image: &'a Path,
+    pub firmware: Firmware,
+    /// Where the console and probe logs are kept (created if missing).
+    pub log_dir: PathBuf,
+    /// A name for the logs, e.g. the test's name.
+    pub name: String,
+    pub timeout: Duration,
+    pub memory_mib: u32,
+}
+
+impl<'a> Boot<'a> {
+    pub fn new(image: &'a Path, firmware: Firmware, name: &str) -> Self {
+        let timeout = std::env::var("KILN_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(420));
+        let log_dir = std::env::var_os("KILN_BOOT_LOGS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
+        Boot { image, firmware, log_dir, name: name.to_string(), timeout, memory_mib: 1536 }
+    }
+
+    /// Boots the image and waits for the probe's report (or the timeout).
+    pub fn run(&self) -> Result<ProbeReport, BootError> {
+        let err = |m: String| BootError(format!("{} boot of {}: {m}", self.firmware, self.image.display()));
+        fs::create_dir_all(&self.log_dir).map_err(|e| err(format!("log dir: {e}")))?;
+        let fw = match self.firmware {
+            Firmware::Uefi => "uefi",
+            Firmware::Bios => "bios",
+        };
+        let console = self.log_dir.join(format!("{}-{fw}.console.log", self.name));
+        let probe = self.log_dir.join(format!("{}-{fw}.probe.log", self.name));
+        let vars = self.log_dir.join(format!("{}-{fw}.OVMF_VARS.fd", self.name));
+        for f in [&console, &probe] {
+            let _ = fs::remove_file(f);
+        }
+        if !self.image.exists() {
+            return Err(err("image does not exist".into()));
+        }
+
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2"])
+            .args(["-m", &self.memory_mib.to_string()])
+            // No -no-reboot: shim's fallback loader (fbx64.efi) resets once after it has
+            // written the firmware boot entry, as on real hardware.
+            .args(["-nographic", "-monitor", "none", "-nic", "none"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},format={},if=virtio,snapshot=on",
+                self.image.display(),
+                format_of(self.image)
+            ))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", probe.display()));
+        if self.firmware == Firmware::Uefi {
+            // A private copy of the variable store: the image's shim fallback writes boot
+            // entries there, and each boot must start from the same firmware state.
+            fs::copy(OVMF_VARS, &vars).map_err(|e| err(format!("copy {OVMF_VARS}: {e}")))?;
+            cmd.arg("-drive")
+                .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let child = cmd.spawn().map_err(|e| err(format!("cannot start qemu-system-x86_64: {e}")))?;
+        let mut vm = KillOnDrop(child);
+
+        let started = Instant::now();
+        let outcome = loop {
+            if let Some(report) = parse_report(&read_lossy(&probe)) {
+                break Ok(report);
+            }
+            match vm.0.try_wait() {
+                Ok(Some(status)) => {
+                    // The probe writes its report before powering off; read it once more.
+                    if let Some(r) = parse_report(&read_lossy(&probe)) {
+                        break Ok(r);
+                    }
+                    let mut stderr = String::new();
+                    if let Some(mut e) = vm.0.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut stderr);
+                    }
+                    break Err(format!("QEMU exited ({status}) without a probe report. {stderr}"));
+                }
+                Ok(None) => {}
+                Err(e) => break Err(format!("waiting for QEMU: {e}")),
+            }
+            if started.elapsed() > self.timeout {
+                break Err(format!("no probe report within {}s", self.timeout.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        // Give the guest a moment to power off by itself, then stop it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while outcome.is_ok() && Instant::now() < deadline {
+            if matches!(vm.0.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(vm);
+        let _ = fs::remove_file(&vars);
+        match outcome {
+            Ok(mut report) => {
+                report.console_log = console;
+                Ok(report)
+            }
+            Err(m) => Err(err(format!(
+                "{m}\n--- last lines of the serial console ({}) ---\n{}",
+                console.display(),
+                tail(&console, 40)
+            ))),
+        }
+    }
+}
+
+/// Parses the probe's report (format version 1, see scripts/test-image/probe/kiln-probe).
+/// None until the end marker has been written.
+pub fn parse_report(log: &str) -> Option<ProbeReport> {
+    let begin = log.find("KILN-PROBE-BEGIN 1")?;
+    let body = &log[begin..];
+    let end = body.find("KILN-PROBE-END")?;
+    let mut report = ProbeReport::default();
+    for line in body[..end].lines().skip(1) {
+        let line = line.trim_end_matches('\r');
+        let mut words = line.splitn(2, ' ');
+        match (words.next(), words.next()) {
+            (Some("info"), Some(rest)) => {
+                let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+                report.info.push((k.to_string(), v.to_string()));
+            }
+            (Some("check"), Some(rest)) => {
+                let mut parts = rest.splitn(3, ' ');
+                let name = parts.next().unwrap_or_default().to_string();
+                let pass = parts.next() == Some("pass");
+                let detail = parts.next().unwrap_or_default().to_string();
+                report.checks.insert(name, Check { pass, detail });
+            }
+            _ => {}
+        }
+    }
+    Some(report)
+}
+
+fn format_of(image: &Path) -> &'static str {
+    match image.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => "qcow2",
+        Some("vmdk") => "vmdk",
+        Some("vhd") => "vpc",
+        _ => "raw",
+    }
+}
+
+/// The firmware writes non-UTF-8 box-drawing bytes to the serial ports.
+fn read_lossy(path: &Path) -> String {
+    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = read_lossy(path);
+    // GRUB and the firmware paint the screen with escape sequences; keep the text readable.
+    let clean: String = strip_escapes(&text);
+    let all: Vec<&str> = clean.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                while let Some(&n) = chars.peek() {
+                    chars.next();
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c == '\n' || c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
