@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::progress::ProgressMode;
+use crate::image::OpenOptions;
+use crate::inspect;
+use crate::progress::{Progress, ProgressMode};
 
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about = "Bake bootable container images into disk images and install them")]
@@ -147,11 +149,29 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let progress = Progress::new(cli.progress);
     match cli.command {
         Command::Bake(_) => not_yet("bake", "the disk issue"),
         Command::Install(_) => not_yet("install", "a later issue"),
-        Command::Image(_) => not_yet("image", "the image-input issue"),
+        Command::Image(ImageCommand::Inspect { image, json, source }) => {
+            let report = inspect::inspect(&image, &source.open_options(), &progress)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                inspect::print_inspect(&report);
+            }
+            Ok(())
+        }
+        Command::Image(ImageCommand::Unpack { image, dir, source }) => {
+            inspect::unpack(&image, &dir, &source.open_options(), &progress)
+        }
         Command::Convert(_) => not_yet("convert", "the output-formats issue"),
+    }
+}
+
+impl SourceArgs {
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions { tls_verify: self.tls_verify, ..OpenOptions::default() }.with_arch(self.target_arch.as_deref())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod bootloader;
 pub mod cli;
 pub mod disk;
 pub mod image;
+pub mod inspect;
 pub mod ostree;
 pub mod output;
 pub mod platform;

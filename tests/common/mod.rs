@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod boot;
+pub mod oci;
+pub mod treediff;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

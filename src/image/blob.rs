@@ -1,0 +1,250 @@
+//! Reading blobs: digest verification, decompression, and a reader thread that overlaps
+//! decompression with whatever consumes the stream.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+/// Passes bytes through and, at the end of the stream, checks that their sha256 (and size,
+/// when known) match; a mismatch is an `InvalidData` error naming `what`.
+pub struct Verified<R> {
+    inner: R,
+    hasher: Sha256,
+    expected: String,
+    size: Option<u64>,
+    read: u64,
+    what: String,
+    checked: bool,
+}
+
+impl<R: Read> Verified<R> {
+    pub fn new(inner: R, expected: &str, size: Option<u64>, what: impl Into<String>) -> Self {
+        Verified {
+            inner,
+            hasher: Sha256::new(),
+            expected: expected.to_string(),
+            size,
+            read: 0,
+            what: what.into(),
+            checked: false,
+        }
+    }
+}
+
+impl<R: Read> Read for Verified<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        if let Some(size) = self.size {
+            if self.read > size {
+                return Err(invalid(format!("{} is longer than the {size} bytes its descriptor gives", self.what)));
+            }
+        }
+        if n == 0 && !buf.is_empty() && !self.checked {
+            self.checked = true;
+            if let Some(size) = self.size {
+                if self.read != size {
+                    return Err(invalid(format!(
+                        "{} is truncated: {} of {size} bytes (a corrupt or partial download; fetch it again)",
+                        self.what, self.read
+                    )));
+                }
+            }
+            let actual = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+            if actual != self.expected {
+                return Err(invalid(format!(
+                    "{} does not match its digest: expected {}, got {actual} (the blob is corrupt)",
+                    self.what, self.expected
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Reports bytes read to a progress stage.
+pub struct Counted<R> {
+    pub inner: R,
+    pub stage: crate::progress::Stage,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.stage.inc(n as u64);
+        Ok(n)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// From the media type, falling back to the stream's magic bytes (Docker's media types
+    /// say `tar.gzip` for everything; some tools lie).
+    pub fn detect(media_type: &str, head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else if media_type.ends_with("+zstd") || media_type.ends_with("zstd:chunked") {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Wraps a compressed stream in its decoder (zstd:chunked is plain zstd with skippable frames).
+pub fn decompress(reader: impl Read + Send + 'static, media_type: &str) -> io::Result<(Compression, Box<dyn Read + Send>)> {
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let head = reader.fill_buf()?.to_vec();
+    let c = Compression::detect(media_type, &head);
+    let r: Box<dyn Read + Send> = match c {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        Compression::None => Box::new(reader),
+    };
+    Ok((c, r))
+}
+
+/// Runs `reader` on a thread of its own, handing its bytes over in chunks through a bounded
+/// queue, so that decompressing and hashing overlap with the consumer's work. Memory stays
+/// bounded by `CHUNK * DEPTH`.
+pub fn pipelined(mut reader: Box<dyn Read + Send>) -> impl Read + Send {
+    const CHUNK: usize = 1 << 20;
+    const DEPTH: usize = 4;
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Fill whole chunks: decoders return small reads.
+        let result = loop {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled == CHUNK {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(filled);
+        let end = filled == 0;
+        let msg = match result {
+            Ok(()) => Ok(buf),
+            Err(e) => Err(e),
+        };
+        let failed = msg.is_err();
+        if tx.send(msg).is_err() || end || failed {
+            return;
+        }
+    });
+    ChunkReader { rx, current: Vec::new(), pos: 0, done: false }
+}
+
+struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    if chunk.is_empty() {
+                        self.done = true;
+                    }
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads a stream to its end (so that a verifying reader sees the whole blob), discarding it.
+pub fn drain(mut r: impl Read) -> io::Result<()> {
+    io::copy(&mut r, &mut io::sink()).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(b: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(b)))
+    }
+
+    #[test]
+    fn verified_accepts_matching_and_rejects_corrupt_truncated_and_long() {
+        let data = b"hello blob".to_vec();
+        let d = digest(&data);
+        let mut ok = Verified::new(&data[..], &d, Some(data.len() as u64), "blob x");
+        assert!(drain(&mut ok).is_ok());
+
+        let mut bad = data.clone();
+        bad[0] ^= 1;
+        let err = drain(Verified::new(&bad[..], &d, Some(10), "blob x")).unwrap_err().to_string();
+        assert!(err.contains("blob x does not match its digest"), "{err}");
+
+        let err = drain(Verified::new(&data[..5], &d, Some(10), "blob x")).unwrap_err().to_string();
+        assert!(err.contains("truncated: 5 of 10"), "{err}");
+
+        let err = drain(Verified::new(&data[..], &d, Some(4), "blob x")).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
+    }
+
+    #[test]
+    fn pipelined_passes_bytes_and_errors_through() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        pipelined(Box::new(io::Cursor::new(data.clone()))).read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+
+        let d = digest(b"other");
+        let err = drain(pipelined(Box::new(Verified::new(io::Cursor::new(data), &d, None, "layer 1"))))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("layer 1 does not match"), "{err}");
+    }
+}

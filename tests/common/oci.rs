@@ -1,0 +1,107 @@
+//! Builds small OCI image layouts for tests, including deliberately broken ones (tar entries
+//! no well-behaved tool writes), byte by byte.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A tar stream assembled from raw headers, so tests can write any path or link target.
+#[derive(Default)]
+pub struct RawTar(pub Vec<u8>);
+
+impl RawTar {
+    /// Adds an entry: `kind` is the tar type flag (b'0' file, b'1' hardlink, b'2' symlink,
+    /// b'5' directory, b'6' FIFO).
+    pub fn entry(mut self, path: &str, kind: u8, mode: u32, link: &str, data: &[u8]) -> Self {
+        let mut h = [0u8; 512];
+        h[..path.len()].copy_from_slice(path.as_bytes());
+        let octal = |h: &mut [u8; 512], off: usize, len: usize, v: u64| {
+            let s = format!("{:0w$o}\0", v, w = len - 1);
+            h[off..off + len].copy_from_slice(s.as_bytes());
+        };
+        octal(&mut h, 100, 8, mode as u64);
+        octal(&mut h, 108, 8, 0);
+        octal(&mut h, 116, 8, 0);
+        octal(&mut h, 124, 12, data.len() as u64);
+        octal(&mut h, 136, 12, 1_700_000_000);
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        self.0.extend_from_slice(&h);
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+        self
+    }
+    pub fn file(self, path: &str, data: &str) -> Self {
+        self.entry(path, b'0', 0o644, "", data.as_bytes())
+    }
+    pub fn dir(self, path: &str) -> Self {
+        self.entry(path, b'5', 0o755, "", b"")
+    }
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&[0u8; 1024]);
+        self.0
+    }
+}
+
+pub struct LayerBlob {
+    pub tar: Vec<u8>,
+    pub gzip: bool,
+}
+
+/// Writes an OCI layout with one image tagged `latest`; returns its `oci:` reference.
+pub fn write_layout(dir: &Path, layers: &[LayerBlob], labels: serde_json::Value, arch: &str) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let put = |data: &[u8]| -> (String, usize) {
+        let d = sha256(data);
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), data).unwrap();
+        (d, data.len())
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let blob = if l.gzip {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&l.tar).unwrap();
+            e.finish().unwrap()
+        } else {
+            l.tar.clone()
+        };
+        let (d, s) = put(&blob);
+        let mt = if l.gzip { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
+        descs.push(json!({"mediaType": mt, "digest": d, "size": s}));
+        diff_ids.push(sha256(&l.tar));
+    }
+    let config = json!({"architecture": arch, "os": "linux", "config": {"Labels": labels},
+                        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": descs});
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    format!("oci:{}:latest", dir.display())
+}
+
+/// The blob files of a layout's layers, in manifest order.
+pub fn layer_blobs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| dir.join("blobs/sha256").join(&d[7..]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    m["layers"].as_array().unwrap().iter().map(|l| blob(l["digest"].as_str().unwrap())).collect()
+}

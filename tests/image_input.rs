@@ -1,0 +1,255 @@
+//! The image stage against independent oracles: `kiln image unpack` must give, entry for
+//! entry, the tree `umoci raw unpack` gives, from every transport; bad input must fail clearly
+//! and leave nothing behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::oci::{layer_blobs, write_layout, LayerBlob, RawTar};
+use common::treediff::{assert_same, snapshot, Snapshot};
+use common::{run, test_image, Scratch};
+use serde_json::json;
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
+}
+
+fn kiln_ok(args: &[&str]) -> String {
+    let out = kiln(args);
+    assert!(out.status.success(), "kiln {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// kiln must fail; returns its stderr.
+fn kiln_err(args: &[&str]) -> String {
+    let out = kiln(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "kiln {args:?} succeeded but should have failed");
+    assert!(!err.contains("panicked"), "kiln panicked:\n{err}");
+    err
+}
+
+/// `umoci raw unpack` of the test image's all-gzip copy: the oracle, computed once per run.
+fn umoci_tree() -> &'static Snapshot {
+    static SNAP: std::sync::OnceLock<Snapshot> = std::sync::OnceLock::new();
+    SNAP.get_or_init(|| {
+        let s = Scratch::new("image-umoci-oracle");
+        let out = s.path().join("rootfs");
+        let image = format!("{}:latest", test_image().join("oci-gzip").display());
+        run(Command::new("umoci").args(["raw", "unpack", "--image", &image]).arg(&out));
+        snapshot(&out, &[])
+    })
+}
+
+fn unpack_and_compare(reference: &str, name: &str) {
+    let s = Scratch::new(name);
+    let out = s.path().join("rootfs");
+    kiln_ok(&["image", "unpack", "--progress", "plain", reference, out.to_str().unwrap()]);
+    assert_same(&snapshot(&out, &[]), umoci_tree(), &format!("kiln image unpack {reference} vs umoci"));
+}
+
+#[test]
+fn unpack_oci_dir_equals_umoci() {
+    // kiln reads the original (gzip, zstd and uncompressed layers); umoci the gzip copy.
+    unpack_and_compare(&format!("oci:{}:latest", test_image().join("oci").display()), "image-oci");
+}
+
+#[test]
+fn unpack_oci_archive_equals_umoci() {
+    unpack_and_compare(
+        &format!("oci-archive:{}:latest", test_image().join("image.oci-archive").display()),
+        "image-oci-archive",
+    );
+}
+
+#[test]
+fn unpack_docker_archive_equals_umoci() {
+    let s = Scratch::new("image-docker-archive-src");
+    let archive = s.path().join("image.docker.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        // Docker archives cannot hold zstd layers: start from the gzip copy.
+        &format!("oci:{}:latest", test_image().join("oci-gzip").display()),
+        &format!("docker-archive:{}:kiln/test:latest", archive.display()),
+    ]));
+    unpack_and_compare(&format!("docker-archive:{}", archive.display()), "image-docker-archive");
+}
+
+#[test]
+fn inspect_reports_the_image() {
+    let reference = format!("oci:{}:latest", test_image().join("oci").display());
+    let v: serde_json::Value = serde_json::from_str(&kiln_ok(&["image", "inspect", "--json", &reference])).unwrap();
+    let skopeo: serde_json::Value =
+        serde_json::from_str(&run(Command::new("skopeo").args(["inspect", &reference]))).unwrap();
+    assert_eq!(v["digest"], skopeo["Digest"]);
+    assert_eq!(v["architecture"], "amd64");
+    assert_eq!(v["labels"], skopeo["Labels"]);
+    let layers: Vec<&str> = v["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = skopeo["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(layers, expected);
+    assert_eq!(v["bootable"], true);
+    // The kernel the oracle's tree has.
+    let kvers: Vec<String> = umoci_tree()
+        .entries
+        .keys()
+        .filter_map(|p| {
+            let s = p.to_str()?;
+            Some(s.strip_prefix("./usr/lib/modules/")?.strip_suffix("/vmlinuz")?.to_string())
+        })
+        .collect();
+    assert_eq!(v["kernels"], json!(kvers));
+    let text = kiln_ok(&["image", "inspect", "--progress", "quiet", &reference]);
+    assert!(text.contains("Bootable:     yes") && text.contains("Kernel:"), "{text}");
+}
+
+// ---- bad input: a clear error naming the layer, and nothing written ----
+
+/// Runs `kiln image unpack` on a layout built from `layers`; asserts it fails with every
+/// string of `expect` in its message and leaves no output directory.
+fn refuse(name: &str, layers: Vec<LayerBlob>, expect: &[&str]) -> String {
+    let s = Scratch::new(&format!("image-bad-{name}"));
+    let reference = write_layout(&s.path().join("layout"), &layers, json!({"containers.bootc": "1"}), "amd64");
+    refuse_ref(&s, &reference, expect)
+}
+
+fn refuse_ref(s: &Scratch, reference: &str, expect: &[&str]) -> String {
+    let out = s.path().join("rootfs");
+    let err = kiln_err(&["image", "unpack", reference, out.to_str().unwrap()]);
+    for e in expect {
+        assert!(err.contains(e), "error lacks {e:?}:\n{err}");
+    }
+    assert!(!out.exists(), "unpack left {} behind after failing", out.display());
+    // Nothing appeared beside the output either (a write that escaped the root).
+    let names: Vec<PathBuf> = std::fs::read_dir(s.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(names, vec![s.path().join("layout")], "unexpected files beside the output");
+    err
+}
+
+fn base() -> RawTar {
+    RawTar::default().dir("etc/").file("etc/hostname", "x\n")
+}
+
+#[test]
+fn refuses_paths_with_dotdot() {
+    let tar = base().file("usr/../../escape", "boom").finish();
+    refuse("dotdot", vec![LayerBlob { tar, gzip: true }], &["layer 1/1", "usr/../../escape", "'..'"]);
+}
+
+#[test]
+fn refuses_absolute_paths() {
+    let tar = base().file("/etc/shadow", "boom").finish();
+    refuse("absolute", vec![LayerBlob { tar, gzip: false }], &["layer 1/1", "/etc/shadow", "absolute"]);
+}
+
+#[test]
+fn refuses_writes_through_a_symlink_out_of_the_root() {
+    let l1 = RawTar::default().entry("etc", b'2', 0o777, "/", b"").finish();
+    let l2 = RawTar::default().file("etc/passwd", "root::0:0::/:/bin/sh\n").finish();
+    refuse(
+        "symlink-escape",
+        vec![LayerBlob { tar: l1, gzip: true }, LayerBlob { tar: l2, gzip: true }],
+        &["layer 2/2", "etc/passwd", "symlink \"etc\" -> \"/\"", "outside the image root"],
+    );
+}
+
+#[test]
+fn refuses_hardlinks_out_of_the_tree() {
+    let tar = base().entry("etc/link", b'1', 0o644, "../../etc/passwd", b"").finish();
+    refuse("hardlink-out", vec![LayerBlob { tar, gzip: true }], &["layer 1/1", "etc/link", "hardlink target"]);
+    let tar = base().entry("etc/link", b'1', 0o644, "/etc/passwd", b"").finish();
+    refuse("hardlink-abs", vec![LayerBlob { tar, gzip: true }], &["layer 1/1", "etc/link", "absolute"]);
+}
+
+#[test]
+fn refuses_corrupt_truncated_and_missing_blobs() {
+    let make = |name: &str| {
+        let s = Scratch::new(&format!("image-bad-{name}"));
+        let tar = base().file("usr/data", &"payload ".repeat(5000)).finish();
+        let reference = write_layout(&s.path().join("layout"), &[LayerBlob { tar, gzip: true }], json!({}), "amd64");
+        let blob = layer_blobs(&s.path().join("layout")).remove(0);
+        (s, reference, blob)
+    };
+    let (s, reference, blob) = make("corrupt");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    refuse_ref(&s, &reference, &["layer 1/1"]);
+
+    let (s, reference, blob) = make("truncated");
+    let bytes = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, &bytes[..bytes.len() - 10]).unwrap();
+    refuse_ref(&s, &reference, &["layer 1/1", "truncated"]);
+
+    let (s, reference, blob) = make("missing");
+    std::fs::remove_file(&blob).unwrap();
+    refuse_ref(&s, &reference, &["layer 1/1", "missing"]);
+}
+
+#[test]
+fn refuses_a_layer_whose_diff_id_differs() {
+    let s = Scratch::new("image-bad-diffid");
+    let layout = s.path().join("layout");
+    let tar = base().finish();
+    let reference = write_layout(&layout, &[LayerBlob { tar, gzip: true }], json!({}), "amd64");
+    // Rewrite the config with a wrong diff_id, and the manifest and index to match.
+    rewrite_config(&layout, |c| c["rootfs"]["diff_ids"][0] = json!(format!("sha256:{}", "0".repeat(64))));
+    let err = refuse_ref(&s, &reference, &["layer 1/1", "diff_id"]);
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[test]
+fn refuses_an_image_for_another_architecture_only() {
+    let s = Scratch::new("image-bad-arch");
+    let reference = write_layout(&s.path().join("layout"), &[LayerBlob { tar: base().finish(), gzip: true }], json!({}), "s390x");
+    refuse_ref(&s, &reference, &["linux/s390x", "--target-arch"]);
+}
+
+#[test]
+fn device_nodes_and_fifos_are_skipped_with_one_warning() {
+    let s = Scratch::new("image-fifo");
+    let tar = base().entry("run/fifo", b'6', 0o644, "", b"").entry("dev/null", b'3', 0o666, "", b"").finish();
+    let reference = write_layout(&s.path().join("layout"), &[LayerBlob { tar, gzip: true }], json!({}), "amd64");
+    let out = s.path().join("rootfs");
+    let o = kiln(&["image", "unpack", &reference, out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("/run/fifo") && warnings[0].contains("/dev/null"), "{err}");
+    assert!(out.join("etc/hostname").is_file() && !out.join("run/fifo").exists());
+}
+
+#[test]
+fn inspect_says_when_an_image_is_not_bootable() {
+    let s = Scratch::new("image-not-bootable");
+    let reference = write_layout(&s.path().join("layout"), &[LayerBlob { tar: base().finish(), gzip: true }], json!({}), "amd64");
+    let v: serde_json::Value = serde_json::from_str(&kiln_ok(&["image", "inspect", "--json", &reference])).unwrap();
+    assert_eq!(v["bootable"], false);
+    assert_eq!(v["kernels"], json!([]));
+}
+
+fn rewrite_config(layout: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let blob = |d: &str| layout.join("blobs/sha256").join(&d[7..]);
+    let read = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let put = |v: &serde_json::Value| -> (String, usize) {
+        let b = serde_json::to_vec(v).unwrap();
+        let d = common::oci::sha256(&b);
+        std::fs::write(blob(&d), &b).unwrap();
+        (d, b.len())
+    };
+    let mut index = read(layout.join("index.json"));
+    let mut manifest = read(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let mut config = read(blob(manifest["config"]["digest"].as_str().unwrap()));
+    edit(&mut config);
+    let (d, s) = put(&config);
+    manifest["config"]["digest"] = json!(d);
+    manifest["config"]["size"] = json!(s);
+    let (d, s) = put(&manifest);
+    index["manifests"][0]["digest"] = json!(d);
+    index["manifests"][0]["size"] = json!(s);
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
