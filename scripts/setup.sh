@@ -16,6 +16,8 @@ PKGS=(
   # local registry tests
   docker-registry apache2-utils
   python3 ca-certificates curl
+  # building kiln: TLS for registry pulls links the system OpenSSL
+  libssl-dev pkg-config
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -11,7 +11,7 @@ use crate::tree::{self, unpack};
 
 /// What `inspect` reports, as JSON (the text form is rendered from it).
 pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Result<serde_json::Value> {
-    let image = Image::open(reference, opts, progress)?;
+    let image = Image::open(reference, opts)?;
     image.fetch_layers(progress)?;
     let merged = tree::apply_layers(&image, &tree::DiscardStore, progress)?;
     let kernels = tree::kernels(&merged.root);
@@ -91,7 +91,7 @@ pub fn unpack(reference: &str, dir: &Path, opts: &OpenOptions, progress: &Progre
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     };
     let result = (|| {
-        let image = Image::open(reference, opts, progress)?;
+        let image = Image::open(reference, opts)?;
         image.fetch_layers(progress)?;
         let store = unpack::StagingStore::create(dir)?;
         let merged = tree::apply_layers(&image, &store, progress)?;

@@ -253,3 +253,155 @@ fn rewrite_config(layout: &Path, edit: impl Fn(&mut serde_json::Value)) {
     index["manifests"][0]["size"] = json!(s);
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+// ---- registries ----
+
+use common::registry::{auth_file, BearerProxy, Registry, PASSWORD, USER};
+
+/// Runs kiln with its own blob cache and auth file.
+fn kiln_env(args: &[&str], cache: &Path, auth: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args).env("KILN_CACHE_DIR", cache).env("XDG_RUNTIME_DIR", cache).env("HOME", cache);
+    match auth {
+        Some(a) => cmd.env("REGISTRY_AUTH_FILE", a),
+        None => cmd.env_remove("REGISTRY_AUTH_FILE"),
+    };
+    cmd.output().unwrap()
+}
+
+fn unpack_from(reference: &str, s: &Scratch, out_name: &str, auth: Option<&Path>) -> Output {
+    let out = s.path().join(out_name);
+    kiln_env(&["image", "unpack", "--tls-verify=false", reference, out.to_str().unwrap()], &s.path().join("cache"), auth)
+}
+
+#[test]
+fn registry_pull_with_basic_auth_and_a_warm_cache() {
+    let s = Scratch::new("image-registry-basic");
+    let reg = Registry::start(&s.path().join("registry"), true);
+    let src = format!("oci:{}:latest", test_image().join("oci").display());
+    let dest = reg.push(&src, "kiln/test:latest", true);
+    let good = s.path().join("auth.json");
+    auth_file(&good, &format!("127.0.0.1:{}", reg.port), USER, PASSWORD);
+
+    // No credentials, then wrong ones: refused, naming the registry and the auth file, never
+    // printing the password.
+    let o = unpack_from(&dest, &s, "none", None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&format!("registry 127.0.0.1:{}", reg.port)) && err.contains("podman login"), "{err}");
+    let bad = s.path().join("bad-auth.json");
+    auth_file(&bad, &format!("127.0.0.1:{}", reg.port), USER, "not-the-password");
+    let o = unpack_from(&dest, &s, "bad", Some(&bad));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "wrong credentials accepted");
+    assert!(err.contains(&bad.display().to_string()) && err.contains("127.0.0.1"), "{err}");
+    assert!(!err.contains("not-the-password") && !err.contains(PASSWORD), "secret printed: {err}");
+    assert!(!s.path().join("bad").exists() && !s.path().join("none").exists());
+
+    let before = reg.blob_gets();
+    let o = unpack_from(&dest, &s, "first", Some(&good));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same(&snapshot(&s.path().join("first"), &[]), umoci_tree(), "docker:// (basic auth) vs umoci");
+    let first = reg.blob_gets() - before;
+    assert!(first >= 5, "expected the config and 4 layers downloaded, saw {first} blob requests");
+
+    // A second run of the same image downloads nothing.
+    let o = unpack_from(&dest, &s, "second", Some(&good));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(reg.blob_gets() - before, first, "the second pull made blob requests");
+    assert_same(&snapshot(&s.path().join("second"), &[]), umoci_tree(), "docker:// from the cache vs umoci");
+}
+
+#[test]
+fn registry_pull_anonymous_and_bearer_token() {
+    let s = Scratch::new("image-registry-bearer");
+    let reg = Registry::start(&s.path().join("registry"), false);
+    let src = format!("oci:{}:latest", test_image().join("oci").display());
+    let dest = reg.push(&src, "kiln/anon:1", false);
+    // Pinned by digest, anonymously.
+    let digest = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &dest]));
+    let pinned = format!("docker://127.0.0.1:{}/kiln/anon@{}", reg.port, digest.trim());
+    let o = unpack_from(&pinned, &s, "anon", None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same(&snapshot(&s.path().join("anon"), &[]), umoci_tree(), "docker://…@digest vs umoci");
+
+    // Behind a bearer-token service: without credentials refused, with them the same tree.
+    let proxy = BearerProxy::start(reg.port);
+    let via = format!("127.0.0.1:{}/kiln/anon:1", proxy.port); // bare reference: docker:// implied
+    let o = unpack_from(&via, &s, "denied", None);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("access denied"));
+    let auth = s.path().join("auth.json");
+    auth_file(&auth, &format!("127.0.0.1:{}", proxy.port), USER, PASSWORD);
+    let fresh = Scratch::new("image-registry-bearer-fresh");
+    let o = unpack_from(&via, &fresh, "bearer", Some(&auth));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same(&snapshot(&fresh.path().join("bearer"), &[]), umoci_tree(), "bearer-token pull vs umoci");
+}
+
+// ---- containers-storage ----
+
+/// Copies the test image into a containers store (skopeo writes it in-process, as podman
+/// would) and checks kiln reads the same tree from it.
+fn storage_roundtrip(driver: &str) {
+    let s = Scratch::new(&format!("image-storage-{driver}"));
+    let store = format!("[{driver}@{}+{}]", s.path().join("root").display(), s.path().join("run").display());
+    let src = format!("oci:{}:latest", test_image().join("oci").display());
+    run(Command::new("skopeo").args(["copy", "-q", &src, &format!("containers-storage:{store}localhost/kiln/test:latest")]));
+    let out = s.path().join("rootfs");
+    let result = std::panic::catch_unwind(|| {
+        kiln_ok(&["image", "unpack", &format!("containers-storage:{store}kiln/test"), out.to_str().unwrap()]);
+        assert_same(&snapshot(&out, &[]), umoci_tree(), &format!("containers-storage ({driver}) vs umoci"));
+    });
+    // containers/storage leaves its overlay directory bind-mounted.
+    for m in common::mounts_under(s.path()).iter().rev() {
+        let _ = Command::new("umount").arg(m.split(' ').nth(1).unwrap()).status();
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn containers_storage_overlay_equals_umoci() {
+    storage_roundtrip("overlay");
+}
+
+#[test]
+fn containers_storage_vfs_equals_umoci() {
+    storage_roundtrip("vfs");
+}
+
+#[test]
+fn a_hardlink_to_a_file_of_a_lower_layer_matches_umoci() {
+    // Valid OCI that podman cannot store, so not in the test image: checked here.
+    let s = Scratch::new("image-lower-hardlink");
+    let l1 = RawTar::default().dir("data/").file("data/lower", "lower content").finish();
+    let l2 = RawTar::default().entry("data/link", b'1', 0o644, "data/lower", b"").finish();
+    let reference = write_layout(
+        &s.path().join("layout"),
+        &[LayerBlob { tar: l1, gzip: true }, LayerBlob { tar: l2, gzip: true }],
+        json!({}),
+        "amd64",
+    );
+    let ours = s.path().join("kiln");
+    kiln_ok(&["image", "unpack", &reference, ours.to_str().unwrap()]);
+    let theirs = s.path().join("umoci");
+    run(Command::new("umoci").args(["raw", "unpack", "--image", reference.trim_start_matches("oci:")]).arg(&theirs));
+    let snap = snapshot(&ours, &[]);
+    assert_same(&snap, &snapshot(&theirs, &[]), "cross-layer hardlink");
+    assert_eq!(snap.hardlinks.len(), 1, "the link and its target share an inode");
+}
+
+#[test]
+fn containers_storage_default_root_store() {
+    // The root store podman uses (/var/lib/containers/storage unless storage.conf moves it).
+    let name = format!("localhost/kiln/test-default-{}:latest", std::process::id());
+    let src = format!("oci:{}:latest", test_image().join("oci").display());
+    run(Command::new("skopeo").args(["copy", "-q", &src, &format!("containers-storage:{name}")]));
+    let s = Scratch::new("image-storage-default");
+    let out = s.path().join("rootfs");
+    let short = name.trim_start_matches("localhost/").trim_end_matches(":latest").to_string();
+    let result = kiln(&["image", "unpack", &format!("containers-storage:{short}"), out.to_str().unwrap()]);
+    let _ = Command::new("skopeo").args(["delete", &format!("containers-storage:{name}")]).output();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_same(&snapshot(&out, &[]), umoci_tree(), "containers-storage (default root) vs umoci");
+}

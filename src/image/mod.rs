@@ -3,6 +3,7 @@
 //! platform, and hands out verified, decompressed layer streams.
 
 pub mod blob;
+mod auth;
 mod cache;
 mod docker_archive;
 pub mod manifest;
@@ -101,7 +102,7 @@ pub struct Image {
 
 impl Image {
     /// Opens `reference` and resolves it to one image manifest for `opts.arch`.
-    pub fn open(reference: &str, opts: &OpenOptions, progress: &Progress) -> Result<Image> {
+    pub fn open(reference: &str, opts: &OpenOptions) -> Result<Image> {
         let source = Source::parse(reference)?;
         let transport: Box<dyn Transport> = match &source {
             Source::OciDir { dir, tag } => Box::new(oci_layout::Layout::open_dir(dir, tag.as_deref())?),

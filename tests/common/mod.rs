@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod oci;
+pub mod registry;
 pub mod treediff;
 
 use std::path::{Path, PathBuf};
