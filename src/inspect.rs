@@ -13,7 +13,7 @@ use crate::tree::{self, unpack};
 pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Result<serde_json::Value> {
     let image = Image::open(reference, opts)?;
     image.fetch_layers(progress)?;
-    let merged = tree::apply_layers(&image, &tree::DiscardStore, progress)?;
+    let merged = tree::apply_layers(&image, &tree::DiscardStore, progress, "read")?;
     let kernels = tree::kernels(&merged.root);
     let label = image.bootable_label();
     let layers: Vec<_> = image
@@ -94,7 +94,7 @@ pub fn unpack(reference: &str, dir: &Path, opts: &OpenOptions, progress: &Progre
         let image = Image::open(reference, opts)?;
         image.fetch_layers(progress)?;
         let store = unpack::StagingStore::create(dir)?;
-        let merged = tree::apply_layers(&image, &store, progress)?;
+        let merged = tree::apply_layers(&image, &store, progress, "layers")?;
         let stage = progress.stage("write", None);
         unpack::materialize(&merged.root, dir, &store)?;
         stage.finish();

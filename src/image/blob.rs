@@ -235,6 +235,20 @@ mod tests {
     }
 
     #[test]
+    fn zstd_chunked_reads_as_plain_zstd() {
+        // zstd:chunked is zstd frames plus skippable frames carrying its table of contents.
+        let mut blob = zstd::encode_all(&b"first frame "[..], 3).unwrap();
+        blob.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        blob.extend_from_slice(&5u32.to_le_bytes());
+        blob.extend_from_slice(b"TOC!!");
+        blob.extend(zstd::encode_all(&b"second frame"[..], 3).unwrap());
+        let (c, mut r) = decompress(io::Cursor::new(blob), "application/vnd.oci.image.layer.v1.tar+zstd").unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!((c, out.as_slice()), (Compression::Zstd, &b"first frame second frame"[..]));
+    }
+
+    #[test]
     fn pipelined_passes_bytes_and_errors_through() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut out = Vec::new();

@@ -81,7 +81,7 @@ pub fn read_layer(tar_stream: impl Read, store: &dyn ContentStore, what: &str) -
                     bail!("{}: a regular file cannot be the image root", at());
                 }
                 let size = entry.size();
-                let content = store.put(&meta, size, &mut entry).with_context(at)?;
+                let content = store.put(&path, &meta, size, &mut entry).with_context(at)?;
                 out.content_bytes += size;
                 out.changes.push(Change::File { path, meta, size, content });
             }

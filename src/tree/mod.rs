@@ -55,12 +55,13 @@ pub struct Symlink {
 /// Where regular files' bytes go while layers are applied. Called from several threads at once
 /// (layers are decompressed and hashed in parallel).
 pub trait ContentStore: Sync {
-    /// Stores `size` bytes read from `data` for a file with metadata `meta`.
-    fn put(&self, meta: &Meta, size: u64, data: &mut dyn Read) -> anyhow::Result<ContentKey>;
+    /// Stores `size` bytes read from `data` for the file at `path` with metadata `meta`.
+    fn put(&self, path: &[Vec<u8>], meta: &Meta, size: u64, data: &mut dyn Read) -> anyhow::Result<ContentKey>;
 }
 
 mod layer;
 mod merge;
+pub mod scan;
 pub mod unpack;
 
 pub use layer::{components, Components};
@@ -77,7 +78,7 @@ use crate::progress::Progress;
 pub struct DiscardStore;
 
 impl ContentStore for DiscardStore {
-    fn put(&self, _meta: &Meta, _size: u64, data: &mut dyn Read) -> anyhow::Result<ContentKey> {
+    fn put(&self, _path: &[Vec<u8>], _meta: &Meta, _size: u64, data: &mut dyn Read) -> anyhow::Result<ContentKey> {
         std::io::copy(data, &mut std::io::sink())?;
         Ok([0; 32])
     }
@@ -95,9 +96,10 @@ pub struct Merged {
 /// Applies every layer of `image` with OCI semantics, storing file bytes in `store`.
 /// Layers are read (decompressed, hashed, their files stored) in parallel, up to one per core,
 /// and merged strictly in order.
-pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress) -> anyhow::Result<Merged> {
+/// `label` names the work in progress reports.
+pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress, label: &str) -> anyhow::Result<Merged> {
     let count = image.layers.len();
-    let stage = progress.stage("layers", Some(image.layers.iter().map(|l| l.descriptor.size).sum()));
+    let stage = progress.stage(label, Some(image.layers.iter().map(|l| l.descriptor.size).sum()));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(count.max(1));
     let next = AtomicUsize::new(0);
     // Finished layers wait here until every layer below them has been merged.

@@ -40,7 +40,7 @@ impl StagingStore {
 }
 
 impl ContentStore for StagingStore {
-    fn put(&self, meta: &Meta, size: u64, data: &mut dyn Read) -> Result<ContentKey> {
+    fn put(&self, _path: &[Vec<u8>], meta: &Meta, size: u64, data: &mut dyn Read) -> Result<ContentKey> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&n.to_le_bytes());
