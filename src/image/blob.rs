@@ -119,11 +119,80 @@ pub fn decompress(reader: impl Read + Send + 'static, media_type: &str) -> io::R
     let head = reader.fill_buf()?.to_vec();
     let c = Compression::detect(media_type, &head);
     let r: Box<dyn Read + Send> = match c {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Gzip => Box::new(GzipMembers::new(reader)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
         Compression::None => Box::new(reader),
     };
     Ok((c, r))
+}
+
+/// Decompresses gzip (every member, as Go's reader does) without checking the members'
+/// CRC-32: the sha256 of the blob and of the tar already prove the bytes, and the CRC would
+/// cost a tenth of the decompressing thread's time.
+struct GzipMembers<R: BufRead> {
+    decoder: Option<flate2::bufread::DeflateDecoder<R>>,
+    /// Bytes out of the current member, checked against its trailer's size field.
+    out: u64,
+}
+
+impl<R: BufRead> GzipMembers<R> {
+    fn new(r: R) -> Self {
+        GzipMembers { decoder: Some(flate2::bufread::DeflateDecoder::new(r)), out: 0 }
+    }
+}
+
+/// Reads a gzip member header (RFC 1952) up to its deflate data.
+fn skip_gzip_header(r: &mut impl BufRead) -> io::Result<()> {
+    let mut h = [0u8; 10];
+    r.read_exact(&mut h)?;
+    if h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 {
+        return Err(invalid("not a gzip stream (bad header)".into()));
+    }
+    let flags = h[3];
+    if flags & 4 != 0 {
+        let mut len = [0u8; 2];
+        r.read_exact(&mut len)?;
+        io::copy(&mut r.take(u16::from_le_bytes(len) as u64), &mut io::sink())?;
+    }
+    for flag in [8u8, 16] {
+        if flags & flag != 0 {
+            let mut v = Vec::new();
+            r.read_until(0, &mut v)?;
+        }
+    }
+    if flags & 2 != 0 {
+        r.read_exact(&mut [0u8; 2])?;
+    }
+    Ok(())
+}
+
+impl<R: BufRead> Read for GzipMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(dec) = self.decoder.as_mut() else { return Ok(0) };
+            if self.out == 0 && dec.total_in() == 0 {
+                skip_gzip_header(dec.get_mut())?;
+            }
+            let n = dec.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.out += n as u64;
+                return Ok(n);
+            }
+            // End of a member: its trailer, then another member or the end.
+            let mut inner = self.decoder.take().unwrap().into_inner();
+            let mut trailer = [0u8; 8];
+            inner.read_exact(&mut trailer).map_err(|_| invalid("gzip stream truncated (no trailer)".into()))?;
+            let size = u32::from_le_bytes(trailer[4..].try_into().unwrap());
+            if size != self.out as u32 {
+                return Err(invalid("gzip member size does not match its trailer (corrupt data)".into()));
+            }
+            if inner.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.decoder = Some(flate2::bufread::DeflateDecoder::new(inner));
+            self.out = 0;
+        }
+    }
 }
 
 /// Runs `reader` on a thread of its own, handing its bytes over in chunks through a bounded
@@ -133,8 +202,11 @@ pub fn pipelined(mut reader: Box<dyn Read + Send>) -> impl Read + Send {
     const CHUNK: usize = 1 << 20;
     const DEPTH: usize = 4;
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
+    // Emptied chunks come back for reuse: no allocation or zeroing per chunk.
+    let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || loop {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = recycled.try_recv().unwrap_or_default();
+        buf.resize(CHUNK, 0);
         let mut filled = 0;
         // Fill whole chunks: decoders return small reads.
         let result = loop {
@@ -152,20 +224,18 @@ pub fn pipelined(mut reader: Box<dyn Read + Send>) -> impl Read + Send {
         };
         buf.truncate(filled);
         let end = filled == 0;
-        let msg = match result {
-            Ok(()) => Ok(buf),
-            Err(e) => Err(e),
-        };
-        let failed = msg.is_err();
+        let failed = result.is_err();
+        let msg = result.map(|()| buf);
         if tx.send(msg).is_err() || end || failed {
             return;
         }
     });
-    ChunkReader { rx, current: Vec::new(), pos: 0, done: false }
+    ChunkReader { rx, recycle, current: Vec::new(), pos: 0, done: false }
 }
 
 struct ChunkReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
     done: bool,
@@ -182,7 +252,10 @@ impl Read for ChunkReader {
                     if chunk.is_empty() {
                         self.done = true;
                     }
-                    self.current = chunk;
+                    let used = std::mem::replace(&mut self.current, chunk);
+                    if used.capacity() > 0 {
+                        let _ = self.recycle.send(used);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {
@@ -232,6 +305,33 @@ mod tests {
 
         let err = drain(Verified::new(&data[..], &d, Some(4), "blob x")).unwrap_err().to_string();
         assert!(err.contains("longer than"), "{err}");
+    }
+
+    #[test]
+    fn gzip_members_all_read_and_corruption_caught() {
+        use std::io::Write;
+        let gz = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        let mut two = gz(b"member one, ");
+        two.extend(gz(b"member two"));
+        let (_, mut r) = decompress(io::Cursor::new(two.clone()), "").unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"member one, member two");
+
+        let mut bad_size = two.clone();
+        let n = bad_size.len();
+        bad_size[n - 2] ^= 1; // the second member's ISIZE
+        let (_, r) = decompress(io::Cursor::new(bad_size), "").unwrap();
+        assert!(drain(r).is_err());
+
+        let mut garbage = two;
+        garbage.extend_from_slice(b"junk");
+        let (_, r) = decompress(io::Cursor::new(garbage), "").unwrap();
+        assert!(drain(r).is_err());
     }
 
     #[test]

@@ -204,8 +204,10 @@ impl Image {
         if let Some(stage) = stage {
             raw = Box::new(blob::Counted { inner: raw, stage: stage.clone() });
         }
+        // Three stages on threads of their own: read and hash the blob, decompress, and (the
+        // caller's) hash the tar and store its files.
         let verified = blob::Verified::new(raw, &layer.descriptor.digest, Some(layer.descriptor.size), what.clone());
-        let (compression, tar) = blob::decompress(verified, &layer.descriptor.media_type)
+        let (compression, tar) = blob::decompress(blob::pipelined(Box::new(verified)), &layer.descriptor.media_type)
             .with_context(|| format!("{what}: reading"))?;
         let stream: Box<dyn Read + Send> = if compression == blob::Compression::None && layer.diff_id == layer.descriptor.digest {
             tar
