@@ -61,6 +61,7 @@ pub trait ContentStore: Sync {
 
 mod layer;
 mod merge;
+pub mod from_dir;
 pub mod scan;
 pub mod unpack;
 

@@ -5,12 +5,10 @@
 //! place (its hardlinks linked to it), and content that later layers removed is deleted.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,7 +50,7 @@ impl ContentStore for StagingStore {
             .open(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
         copy_exact(data, &mut f, size).with_context(|| format!("writing {}", path.display()))?;
-        set_meta_fd(&f, meta).with_context(|| format!("setting owner, mode and xattrs of {}", path.display()))?;
+        crate::fsmeta::set_fd(&f, meta, None).with_context(|| format!("setting owner, mode and xattrs of {}", path.display()))?;
         Ok(key)
     }
 }
@@ -81,7 +79,7 @@ pub fn materialize(root: &Dir, target: &Path, store: &StagingStore) -> Result<()
     let mut placed: HashMap<ContentKey, PathBuf> = HashMap::new();
     write_dir(root, target, store, &mut placed)?;
     fs::remove_dir_all(&store.dir).with_context(|| format!("removing {}", store.dir.display()))?;
-    set_meta_path(target, &root.meta, false)?;
+    crate::fsmeta::set_path(target, &root.meta, false, None)?;
     Ok(())
 }
 
@@ -92,7 +90,7 @@ fn write_dir(dir: &Dir, path: &Path, store: &StagingStore, placed: &mut HashMap<
             Node::Dir(d) => {
                 fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
                 write_dir(d, &p, store, placed)?;
-                set_meta_path(&p, &d.meta, false)?;
+                crate::fsmeta::set_path(&p, &d.meta, false, None)?;
             }
             Node::File(f) => match placed.get(&f.content) {
                 Some(first) => fs::hard_link(first, &p)
@@ -106,63 +104,9 @@ fn write_dir(dir: &Dir, path: &Path, store: &StagingStore, placed: &mut HashMap<
             Node::Symlink(s) => {
                 symlink(std::ffi::OsStr::from_bytes(&s.target), &p)
                     .with_context(|| format!("cannot create symlink {}", p.display()))?;
-                set_meta_path(&p, &s.meta, true)?;
+                crate::fsmeta::set_path(&p, &s.meta, true, None)?;
             }
         }
     }
     Ok(())
-}
-
-fn cstr(p: &Path) -> Result<CString> {
-    Ok(CString::new(p.as_os_str().as_bytes())?)
-}
-
-fn check(r: libc::c_int, what: &str, path: &Path) -> Result<()> {
-    if r != 0 {
-        bail!("{what} {}: {}", path.display(), io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Owner, then mode (chown clears setuid bits), then xattrs (chown clears
-/// security.capability), then mtime.
-fn set_meta_fd(f: &fs::File, meta: &Meta) -> Result<()> {
-    let fd = f.as_raw_fd();
-    let p = Path::new("(staged file)");
-    unsafe {
-        check(libc::fchown(fd, meta.uid, meta.gid), "chown", p)?;
-        check(libc::fchmod(fd, meta.mode), "chmod", p)?;
-        for (k, v) in &meta.xattrs {
-            let k = CString::new(k.clone())?;
-            check(libc::fsetxattr(fd, k.as_ptr(), v.as_ptr().cast(), v.len(), 0), "setxattr", p)?;
-        }
-        let times = [timespec(meta.mtime), timespec(meta.mtime)];
-        check(libc::futimens(fd, times.as_ptr()), "utimens", p)?;
-    }
-    Ok(())
-}
-
-fn set_meta_path(path: &Path, meta: &Meta, is_symlink: bool) -> Result<()> {
-    let c = cstr(path)?;
-    unsafe {
-        check(libc::lchown(c.as_ptr(), meta.uid, meta.gid), "chown", path)?;
-        if !is_symlink {
-            check(libc::chmod(c.as_ptr(), meta.mode), "chmod", path)?;
-        }
-        for (k, v) in &meta.xattrs {
-            let k = CString::new(k.clone())?;
-            check(libc::lsetxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0), "setxattr", path)?;
-        }
-        let times = [timespec(meta.mtime), timespec(meta.mtime)];
-        check(
-            libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW),
-            "utimens",
-            path,
-        )?;
-    }
-    Ok(())
-}
-
-fn timespec(secs: i64) -> libc::timespec {
-    libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 }
 }

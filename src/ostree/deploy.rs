@@ -1,0 +1,247 @@
+//! The deployment: what `ostree admin deploy` (driven by `bootc install`) writes into a
+//! sysroot for a first deployment, written directly (ostree-sysroot-deploy.c is the reference).
+//!
+//! ```text
+//! ostree/deploy/<stateroot>/deploy/<commit>.0        checkout, hardlinked to the repo
+//! ostree/deploy/<stateroot>/deploy/<commit>.0.origin container-image-reference=…
+//! ostree/deploy/<stateroot>/var                      the image's /var, copied once
+//! ostree/boot.1 -> boot.1.1, boot.1.1/<stateroot>/<bootcsum>/0 -> the deployment
+//! boot/ostree/<stateroot>-<bootcsum>/{vmlinuz,initramfs}-<kver>
+//! boot/loader -> loader.1, boot/loader.1/entries/ostree-1.conf, boot/boot -> .
+//! ```
+//! (A first deployment gets boot version 1 and sub-boot version 1: ostree flips both from 0.)
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::object::{hex, Checksum, Kind};
+use super::repo::Repo;
+use crate::fsmeta;
+use crate::tree::{Dir, Meta, Node};
+
+const BOOT_VERSION: u32 = 1;
+const SUBBOOT_VERSION: u32 = 1;
+
+pub struct DeployOptions<'a> {
+    pub stateroot: &'a str,
+    /// The origin's `container-image-reference` (`ostree-unverified-registry:…`).
+    pub origin: &'a str,
+    /// Every kernel argument, in order; `ostree=` is appended.
+    pub kargs: &'a [String],
+    /// The commit's `version`, shown in the boot entry's title.
+    pub version: Option<&'a str>,
+    /// The image reference recorded in `/.bootc-aleph.json`.
+    pub image: &'a str,
+}
+
+/// A written deployment.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The checked-out tree.
+    pub dir: PathBuf,
+    pub kver: String,
+    pub bootcsum: String,
+    pub entry: BootEntry,
+}
+
+/// The BLS entry ostree writes (`loader.1/entries/ostree-1.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEntry {
+    pub path: PathBuf,
+    pub title: String,
+    pub version: String,
+    pub options: String,
+    pub linux: String,
+    pub initrd: String,
+}
+
+impl BootEntry {
+    /// The file's text, fields in ostree's order.
+    pub fn render(&self) -> String {
+        format!(
+            "title {}\nversion {}\noptions {}\nlinux {}\ninitrd {}\n",
+            self.title, self.version, self.options, self.linux, self.initrd
+        )
+    }
+}
+
+/// Writes the deployment of `commit` (whose tree is `root`, already converted) into the
+/// sysroot at `sysroot` (its `/boot` may be another filesystem mounted at `sysroot/boot`).
+pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: &DeployOptions) -> Result<Deployment> {
+    let stateroot_dir = sysroot.join("ostree/deploy").join(opts.stateroot);
+    if stateroot_dir.exists() {
+        bail!(
+            "{} already holds a deployment of stateroot {:?}: install into an empty filesystem or choose another --stateroot",
+            sysroot.display(),
+            opts.stateroot
+        );
+    }
+    let deploy_root = stateroot_dir.join("deploy");
+    fs::create_dir_all(&deploy_root)?;
+    fs::create_dir_all(stateroot_dir.join("var"))?;
+    let name = format!("{}.0", hex(commit));
+    let dir = deploy_root.join(&name);
+
+    // The checkout: every file a hardlink to its object.
+    fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    checkout(repo, root, &dir)?;
+    fsmeta::set_path(&dir, &root.meta, false, Some(0))?;
+
+    // /etc: a copy of /usr/etc that the admin may edit.
+    if let Some(Node::Dir(usr_etc)) = root.get_path("usr/etc") {
+        let etc = dir.join("etc");
+        fs::create_dir(&etc)?;
+        copy_tree(repo, usr_etc, &etc)?;
+        fsmeta::set_path(&etc, &usr_etc.meta, false, Some(0))?;
+    }
+    // The stateroot's /var starts as a copy of the image's.
+    if let Some(Node::Dir(var)) = root.get_path("var") {
+        let state_var = stateroot_dir.join("var");
+        copy_tree(repo, var, &state_var)?;
+        fsmeta::set_path(&state_var, &var.meta, false, Some(0))?;
+    }
+    write_file(&deploy_root.join(format!("{name}.origin")), format!("[origin]\ncontainer-image-reference={}\n", opts.origin).as_bytes())?;
+
+    // The kernel and initramfs, under the boot checksum ostree computes: sha256 over the
+    // kernel's bytes, then the initramfs's.
+    let kver = crate::tree::kernels(root).into_iter().next().context("the tree has no kernel")?;
+    let modules = format!("usr/lib/modules/{kver}");
+    let kernel = dir.join(&modules).join("vmlinuz");
+    let initramfs = ["initramfs.img", "initramfs"].iter().map(|n| dir.join(&modules).join(n)).find(|p| p.is_file());
+    let mut h = Sha256::new();
+    for f in std::iter::once(&kernel).chain(initramfs.as_ref()) {
+        std::io::copy(&mut fs::File::open(f)?, &mut h)?;
+    }
+    let bootcsum = hex::encode(h.finalize());
+    let boot = sysroot.join("boot");
+    let bootdir_name = format!("ostree/{}-{bootcsum}", opts.stateroot);
+    let bootdir = boot.join(&bootdir_name);
+    fs::create_dir_all(&bootdir)?;
+    copy_file(&kernel, &bootdir.join(format!("vmlinuz-{kver}")))?;
+    if let Some(i) = &initramfs {
+        copy_file(i, &bootdir.join(format!("initramfs-{kver}.img")))?;
+    }
+
+    // The bootlinks prepare-root follows from the `ostree=` argument.
+    let ostree = sysroot.join("ostree");
+    let subboot = format!("boot.{BOOT_VERSION}.{SUBBOOT_VERSION}");
+    let link_dir = ostree.join(&subboot).join(opts.stateroot).join(&bootcsum);
+    fs::create_dir_all(&link_dir)?;
+    symlink(format!("../../../deploy/{}/deploy/{name}", opts.stateroot), link_dir.join("0"))?;
+    symlink(&subboot, ostree.join(format!("boot.{BOOT_VERSION}")))?;
+    repo.set_ref(&format!("ostree/{BOOT_VERSION}/{SUBBOOT_VERSION}/0"), commit)?;
+
+    // The boot loader entry (bootprefix=true: paths start with /boot, which the `boot -> .`
+    // link makes valid on a separate boot partition too).
+    let pretty = os_release_name(&dir).unwrap_or_else(|| "ostree".to_string());
+    let mut title = pretty.clone();
+    if let Some(v) = opts.version.filter(|v| !v.is_empty() && !pretty.contains(*v)) {
+        title = format!("{title} {v}");
+    }
+    let mut options: Vec<String> = opts.kargs.iter().filter(|k| !k.starts_with("ostree=")).cloned().collect();
+    options.push(format!("ostree=/ostree/boot.{BOOT_VERSION}/{}/{bootcsum}/0", opts.stateroot));
+    let entries = boot.join(format!("loader.{BOOT_VERSION}/entries"));
+    fs::create_dir_all(&entries)?;
+    let entry = BootEntry {
+        path: entries.join("ostree-1.conf"),
+        title: format!("{title} (ostree:0)"),
+        version: "1".to_string(),
+        options: options.join(" "),
+        linux: format!("/boot/{bootdir_name}/vmlinuz-{kver}"),
+        initrd: format!("/boot/{bootdir_name}/initramfs-{kver}.img"),
+    };
+    write_file(&entry.path, entry.render().as_bytes())?;
+    symlink(format!("loader.{BOOT_VERSION}"), boot.join("loader"))?;
+    if fs::symlink_metadata(boot.join("boot")).is_err() {
+        symlink(".", boot.join("boot"))?;
+    }
+
+    let aleph = serde_json::json!({
+        "image": opts.image,
+        "version": opts.version,
+        "timestamp": serde_json::Value::Null,
+        "kernel": kver,
+        "selinux": "disabled",
+    });
+    write_file(&sysroot.join(".bootc-aleph.json"), serde_json::to_string(&aleph)?.as_bytes())?;
+    Ok(Deployment { dir, kver, bootcsum, entry })
+}
+
+/// Checks out `dir` into `dest` (existing): directories with their metadata, files and
+/// symlinks as hardlinks to their objects, mtimes 0 as ostree's.
+fn checkout(repo: &Repo, dir: &Dir, dest: &Path) -> Result<()> {
+    for (name, node) in &dir.entries {
+        let p = dest.join(std::ffi::OsStr::from_bytes(name));
+        match node {
+            Node::Dir(d) => {
+                fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
+                checkout(repo, d, &p)?;
+                fsmeta::set_path(&p, &d.meta, false, Some(0))?;
+            }
+            Node::File(f) => link(&repo.object_path(&f.content, Kind::File), &p)?,
+            Node::Symlink(s) => {
+                let target = std::str::from_utf8(&s.target)?;
+                link(&repo.object_path(&repo.write_symlink(&s.meta, target)?, Kind::File), &p)?
+            }
+        }
+    }
+    Ok(())
+}
+
+fn link(object: &Path, at: &Path) -> Result<()> {
+    fs::hard_link(object, at).with_context(|| format!("cannot link {} to {}", at.display(), object.display()))
+}
+
+/// Copies `dir` into `dest` (existing) as new files, reading file bytes from the repository.
+fn copy_tree(repo: &Repo, dir: &Dir, dest: &Path) -> Result<()> {
+    for (name, node) in &dir.entries {
+        let p = dest.join(std::ffi::OsStr::from_bytes(name));
+        match node {
+            Node::Dir(d) => {
+                fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
+                copy_tree(repo, d, &p)?;
+                fsmeta::set_path(&p, &d.meta, false, Some(0))?;
+            }
+            Node::File(f) => {
+                let mut out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p)
+                    .with_context(|| format!("cannot create {}", p.display()))?;
+                std::io::copy(&mut fs::File::open(repo.object_path(&f.content, Kind::File))?, &mut out)
+                    .with_context(|| format!("writing {}", p.display()))?;
+                fsmeta::set_fd(&out, &f.meta, Some(0))?;
+            }
+            Node::Symlink(s) => {
+                symlink(std::ffi::OsStr::from_bytes(&s.target), &p)?;
+                fsmeta::set_path(&p, &Meta { mode: 0o777, ..s.meta.clone() }, true, Some(0))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies a file keeping its mode (as ostree copies the kernel into /boot).
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// PRETTY_NAME from the deployment's os-release.
+fn os_release_name(deployment: &Path) -> Option<String> {
+    let text = ["usr/lib/os-release", "etc/os-release"].iter().find_map(|p| fs::read_to_string(deployment.join(p)).ok())?;
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix("PRETTY_NAME=")?;
+        Some(v.trim().trim_matches('"').trim_matches('\'').to_string())
+    })
+}
