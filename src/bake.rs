@@ -1,1 +1,283 @@
-//! TODO
+//! `kiln bake`: image → tree → ostree → disk → bootloader → outputs, one pass.
+//!
+//! The disk is created first and the layers are applied straight into the ostree repository on
+//! its mounted root filesystem, so every file's bytes are written once. Decisions that must
+//! precede the disk (root filesystem type, root size) come from the user or, failing that, from
+//! a scan of the image.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::bootloader::{self, BiosBootPartition, BiosTarget, BootFilesystem, BootTarget, EspWriter};
+use crate::cli::BakeArgs;
+use crate::disk::{self, esp::Esp, layout::parse_size, table, Ids, Layout, Role, Sysroot};
+use crate::image::{reference::RegistryRef, Image, Source};
+use crate::interrupt;
+use crate::ostree::{self, kargs, object::Kind, Repo};
+use crate::platform::Platform;
+use crate::progress::Progress;
+use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
+
+/// Where each output type goes under `--output`, as bootc-image-builder names them.
+const RAW_OUTPUT: &str = "image/disk.raw";
+
+pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
+    interrupt::install();
+    for t in &args.types {
+        if t != "raw" {
+            bail!("output type {t:?} is not built yet: kiln bake writes raw disks (--type raw)");
+        }
+    }
+    let raw = args.output.join(RAW_OUTPUT);
+    prepare_output(&raw, args.force)?;
+    let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
+    let result = bake_raw(args, partial.path(), progress);
+    interrupt::check().and(result)?;
+    std::fs::rename(partial.path(), &raw).with_context(|| format!("cannot move the finished disk to {}", raw.display()))?;
+    partial.disarm();
+    progress.info(&format!("wrote {}", raw.display()));
+    Ok(())
+}
+
+/// Refuses to overwrite an output unless forced, and checks the directory is writable.
+fn prepare_output(path: &Path, force: bool) -> Result<()> {
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+    if path.exists() {
+        if !force {
+            bail!("{} already exists: remove it or pass --force to replace it", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    let probe = dir.join(format!(".kiln-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("the output directory {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe)?;
+    Ok(())
+}
+
+/// A file or directory removed when dropped, unless disarmed.
+struct Partial(PathBuf, std::cell::Cell<bool>);
+
+impl Partial {
+    fn new(p: PathBuf) -> Partial {
+        let _ = std::fs::remove_file(&p);
+        Partial(p, std::cell::Cell::new(true))
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn disarm(&self) {
+        self.1.set(false);
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if self.1.get() {
+            let _ = if self.0.is_dir() { std::fs::remove_dir(&self.0) } else { std::fs::remove_file(&self.0) };
+        }
+    }
+}
+
+fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
+    let opts = args.source.open_options();
+    let image = Image::open(&args.image, &opts)?;
+    image.require_bootable_label()?;
+    let arch = if image.config.architecture.is_empty() { opts.arch.clone() } else { image.config.architecture.clone() };
+    let platform = Platform::for_oci_arch(&arch)?;
+    image.fetch_layers(progress)?;
+    interrupt::check()?;
+
+    // What the disk needs to know before it exists.
+    if let Some(fs) = &args.rootfs {
+        disk::mkfs::check_supported(fs)?;
+    }
+    let disk_size = args.size.as_deref().map(parse_size).transpose()?;
+    let scan = if args.rootfs.is_none() || disk_size.is_none() {
+        let s = tree::scan::scan(&image, &kargs::wanted, progress)?;
+        if tree::kernels(&s.root).is_empty() {
+            bail!("{} has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is it a bootc image?)", image.describe());
+        }
+        Some(s)
+    } else {
+        None
+    };
+    let rootfs = match (&args.rootfs, &scan) {
+        (Some(fs), _) => fs.clone(),
+        (None, Some(s)) => kargs::install_config(&s.files, &platform.arch.kernel)?.root_fs_type.with_context(|| {
+            format!(
+                "no root filesystem type: the image has no [install.filesystem.root] type in /usr/lib/bootc/install/; pass --rootfs {}",
+                disk::mkfs::supported().join("|")
+            )
+        })?,
+        (None, None) => unreachable!("scanned when --rootfs is missing"),
+    };
+    disk::mkfs::check_supported(&rootfs)?;
+    let layout = Layout::load(args.layout.as_deref().unwrap_or(&platform.arch.default_layout))?;
+    // Without a scan (--rootfs and --size given) the layer sizes bound the content from below.
+    let content = scan.as_ref().map_or_else(|| image.layers.iter().map(|l| l.descriptor.size).sum(), |s| s.content_bytes);
+    let (root_size, root_min) = disk::root_size(content);
+    let ids = Ids::from_seed(args.seed.as_deref());
+    let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
+    drop(scan);
+
+    let stage = progress.stage("disk", None);
+    table::create_image(raw, &plan)?;
+    let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
+    std::fs::create_dir_all(workdir.path())?;
+    let sysroot = Sysroot::create(raw, &plan, workdir.path())?;
+    stage.finish();
+    interrupt::check()?;
+
+    let deployment = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
+
+    let stage = progress.stage("bootloader", None);
+    let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
+    let boot_part = plan.part(Role::Boot);
+    let target = BootTarget {
+        boot_dir: &sysroot.root.join("boot"),
+        boot_fs: BootFilesystem {
+            uuid: boot_part.unwrap_or(plan.root()).fs_uuid.clone(),
+            separate_partition: boot_part.is_some(),
+        },
+        entries_dir: sysroot.root.join("boot/loader/entries"),
+        esp: esp.as_mut().map(|e| e as &mut dyn EspWriter),
+        bios: plan.part(Role::BiosBoot).map(|p| BiosTarget {
+            disk: raw,
+            partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
+        }),
+    };
+    bootloader::install(&platform.bootloader, &deployment.dir, target)?;
+    if let Some(e) = esp {
+        e.close()?;
+    }
+    stage.finish();
+
+    let stage = progress.stage("finish", None);
+    sysroot.close()?;
+    stage.finish();
+    Ok(())
+}
+
+/// Applies the image into an ostree repository on the sysroot, commits and deploys it.
+fn write_deployment(
+    args: &BakeArgs,
+    image: &Image,
+    platform: &Platform,
+    plan: &disk::Plan,
+    sysroot: &Path,
+    progress: &Progress,
+) -> Result<ostree::Deployment> {
+    let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
+    let merged = tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?;
+    interrupt::check()?;
+    let stage = progress.stage("commit", None);
+    let (root, filtered) = ostree::convert(merged.root)?;
+    let kver = tree::kernels(&root).remove(0);
+    let (origin, transport_ref) = target_reference(args.target_imgref.as_deref(), &image.source, progress)?;
+    let commit = ostree::commit(
+        &repo,
+        &root,
+        &ostree::CommitInfo { image, target_transport_ref: &transport_ref, filtered: &filtered, kernel: &kver },
+    )?;
+    stage.finish();
+
+    let stage = progress.stage("deploy", None);
+    let config = read_files(&repo, &root, &kargs::wanted)?;
+    let install = kargs::install_config(&config, &platform.arch.kernel)?;
+    let mut all_kargs = disk::kargs(plan);
+    all_kargs.extend(install.kargs);
+    all_kargs.extend(kargs::kargs_d(&config, &platform.arch.kernel)?);
+    all_kargs.extend(args.kargs.iter().cloned());
+    let version = image.labels().get("org.opencontainers.image.version").cloned();
+    let dep = ostree::deploy(
+        sysroot,
+        &repo,
+        &commit,
+        &root,
+        &ostree::DeployOptions {
+            stateroot: &args.stateroot,
+            origin: &origin,
+            kargs: &all_kargs,
+            version: version.as_deref(),
+            image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
+        },
+    )?;
+    std::fs::write(dep.dir.join("etc/fstab"), disk::fstab(plan)).context("writing the deployment's /etc/fstab")?;
+    stage.finish();
+    Ok(dep)
+}
+
+/// The origin the installed system updates from and the ref's image reference:
+/// `--target-imgref`, else the source when it names a registry image; a local source is kept
+/// as it is, with a warning.
+fn target_reference(target: Option<&str>, source: &Source, progress: &Progress) -> Result<(String, String)> {
+    let registry = match target {
+        Some(t) => {
+            let t = t
+                .trim_start_matches("ostree-unverified-registry:")
+                .trim_start_matches("docker://")
+                .trim_start_matches("registry:");
+            RegistryRef::parse(t).with_context(|| format!("--target-imgref {t:?} is not a registry image reference"))?;
+            Some(t.to_string())
+        }
+        None => match source {
+            Source::Registry(_) => Some(source.to_string().trim_start_matches("docker://").to_string()),
+            _ => source.registry_form(),
+        },
+    };
+    Ok(match registry {
+        Some(r) => (format!("ostree-unverified-registry:{r}"), format!("docker://{r}")),
+        None => {
+            progress.warn(&format!(
+                "the installed system will look for updates at {source}, a path on this machine; pass --target-imgref REGISTRY/IMAGE:TAG to update from a registry"
+            ));
+            (format!("ostree-unverified-image:{source}"), source.to_string())
+        }
+    })
+}
+
+/// The content of the tree's files whose paths `wanted` accepts, read from the repository.
+fn read_files(repo: &Repo, root: &Dir, wanted: &dyn Fn(&str) -> bool) -> Result<BTreeMap<String, Vec<u8>>> {
+    fn walk(repo: &Repo, dir: &Dir, prefix: &str, wanted: &dyn Fn(&str) -> bool, out: &mut BTreeMap<String, Vec<u8>>) -> Result<()> {
+        for (name, node) in &dir.entries {
+            let path = format!("{prefix}{}", String::from_utf8_lossy(name));
+            match node {
+                Node::Dir(d) => walk(repo, d, &format!("{path}/"), wanted, out)?,
+                Node::File(f) if wanted(&path) => {
+                    let mut v = Vec::new();
+                    std::fs::File::open(repo.object_path(&f.content, Kind::File))?.read_to_end(&mut v)?;
+                    out.insert(path, v);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(repo, root, "", wanted, &mut out)?;
+    Ok(out)
+}
+
+/// A content store that stops at a signal.
+struct Interruptible<'a>(&'a dyn ContentStore);
+
+impl ContentStore for Interruptible<'_> {
+    fn put(&self, path: &[Vec<u8>], meta: &Meta, size: u64, data: &mut dyn Read) -> Result<ContentKey> {
+        interrupt::check()?;
+        self.0.put(path, meta, size, data)
+    }
+}
+
+/// A full root filesystem gets the remedy in its message.
+fn explain_enospc(e: anyhow::Error) -> anyhow::Error {
+    let full = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC)));
+    if full {
+        e.context("the disk's root filesystem is full: give a larger --size (or leave it out to size the disk from the image)")
+    } else {
+        e
+    }
+}

@@ -151,7 +151,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = Progress::new(cli.progress);
     match cli.command {
-        Command::Bake(_) => not_yet("bake", "the disk issue"),
+        Command::Bake(args) => crate::bake::run(&args, &progress),
         Command::Install(_) => not_yet("install", "a later issue"),
         Command::Image(ImageCommand::Inspect { image, json, source }) => {
             let report = inspect::inspect(&image, &source.open_options(), &progress)?;

@@ -8,6 +8,7 @@ pub mod bootloader;
 pub mod cli;
 pub mod disk;
 pub mod fsmeta;
+pub mod interrupt;
 pub mod image;
 pub mod inspect;
 pub mod ostree;

@@ -1,1 +1,57 @@
-//! TODO
+//! Per-platform data (`platforms/<arch>.toml`, built into the binary): architecture names,
+//! firmware, default layout, the root partition type, and the bootloader's files.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::bootloader::BootloaderPlatform;
+
+const PLATFORMS: &[(&str, &str)] = &[("amd64", include_str!("../platforms/x86_64.toml"))];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arch {
+    /// The OCI architecture name (`amd64`).
+    pub oci: String,
+    /// The kernel's name for it (`x86_64`), as kargs.d's match-architectures spells it.
+    pub kernel: String,
+    /// The discoverable-partitions root partition type GUID.
+    pub root_type: String,
+    pub default_layout: String,
+    pub firmware: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Platform {
+    pub arch: Arch,
+    pub bootloader: BootloaderPlatform,
+}
+
+#[derive(Deserialize)]
+struct PlatformFile {
+    arch: Arch,
+    bootloader: BootloaderPlatform,
+}
+
+impl Platform {
+    /// The platform for an image architecture (OCI naming).
+    pub fn for_oci_arch(arch: &str) -> Result<Platform> {
+        let Some((_, text)) = PLATFORMS.iter().find(|(a, _)| *a == arch) else {
+            let known: Vec<&str> = PLATFORMS.iter().map(|(a, _)| *a).collect();
+            bail!("kiln has no platform for {arch} images yet (known: {})", known.join(", "));
+        };
+        let file: PlatformFile = toml::from_str(text).with_context(|| format!("the built-in platform file for {arch}"))?;
+        Ok(Platform { arch: file.arch, bootloader: file.bootloader })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builtin_platforms_parse() {
+        let p = super::Platform::for_oci_arch("amd64").unwrap();
+        assert_eq!(p.arch.kernel, "x86_64");
+        assert!(p.bootloader.bios.is_some() && p.bootloader.uefi.is_some());
+        assert!(super::Platform::for_oci_arch("mips").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! The `[bootloader]` part of a platform file (`platforms/<arch>.toml`): which of the image's
+//! files make each firmware's bootloader. Nothing here is hard-coded in the installer.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootloaderPlatform {
+    /// GRUB's directory inside /boot (`grub2`, bootupd's choice).
+    pub grub_dir: String,
+    /// bootupd's update payloads in the image: `EFI/`, `EFI.json`, `BIOS.json`.
+    pub bootupd_updates: String,
+    /// bootupd's static GRUB configs in the image (`grub-static-pre.cfg`, `configs.d/`,
+    /// `grub-static-efi.cfg`).
+    pub bootupd_static_configs: String,
+    /// The image's package database, read for versions when bootupd's metadata is absent
+    /// (a dpkg status file).
+    pub package_db: String,
+    pub uefi: Option<UefiPlatform>,
+    pub bios: Option<BiosPlatform>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UefiPlatform {
+    /// shim's file name; the directory holding it is the vendor directory (as bootupd finds it).
+    pub shim: String,
+    /// GRUB's file name, next to shim.
+    pub grub: String,
+    /// Newer images: `<efi_components>/<package>/<version>/EFI/…`.
+    pub efi_components: String,
+    /// Images without bootupd's layout: the packages' own files.
+    pub fallback: Option<UefiFallback>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UefiFallback {
+    /// Packages whose versions describe these files.
+    pub packages: Vec<String>,
+    /// Files copied to the ESP; `to` is below `EFI/`, `@VENDOR@` is the directory GRUB's
+    /// built-in prefix names.
+    pub files: Vec<FileCopy>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCopy {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BiosPlatform {
+    /// GRUB's i386-pc directory in the image: kernel.img, *.mod, moddep.lst, boot.img…
+    pub modules_dir: String,
+    /// Modules built into core.img (their dependencies are added).
+    pub core_modules: Vec<String>,
+    /// Packages whose versions describe the BIOS bootloader when `BIOS.json` is absent.
+    pub packages: Vec<String>,
+}
+
+/// A platform file: only its `[bootloader]` table is read, so this takes both the merged
+/// `platforms/<arch>.toml` and the separate `<arch>.bootloader.toml`.
+#[derive(Deserialize)]
+struct PlatformFile {
+    bootloader: Option<BootloaderPlatform>,
+}
+
+impl BootloaderPlatform {
+    pub fn from_toml(text: &str) -> Result<BootloaderPlatform> {
+        let file: PlatformFile = toml::from_str(text)?;
+        file.bootloader.context("no [bootloader] table")
+    }
+
+    pub fn load(path: &Path) -> Result<BootloaderPlatform> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x86_64_platform_parses() {
+        let platform = BootloaderPlatform::from_toml(include_str!("../../platforms/x86_64.toml")).unwrap();
+        assert_eq!(platform.grub_dir, "grub2");
+        assert!(platform.bios.unwrap().core_modules.iter().any(|m| m == "biosdisk"));
+        assert_eq!(platform.uefi.unwrap().shim, "shimx64.efi");
+    }
+}

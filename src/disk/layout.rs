@@ -1,0 +1,234 @@
+//! Partition layouts (`layouts/*.toml`, built into the binary, or a file the user names) and
+//! the plan they become for one disk: offsets, sizes, GUIDs and filesystem UUIDs.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
+
+use super::ids::Ids;
+
+pub const MIB: u64 = 1 << 20;
+/// Partitions start at 1 MiB and are MiB-aligned; the backup GPT needs the last 33 sectors.
+const FIRST: u64 = MIB;
+const GPT_TAIL: u64 = MIB;
+
+const BUILTIN: &[(&str, &str)] = &[
+    ("default", include_str!("../../layouts/default.toml")),
+    ("bootc", include_str!("../../layouts/bootc.toml")),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    BiosBoot,
+    Esp,
+    Boot,
+    Root,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    pub role: Role,
+    /// The GPT partition name.
+    pub name: String,
+    /// The GPT type GUID; a root partition without one gets the platform's.
+    #[serde(rename = "type")]
+    pub type_guid: Option<String>,
+    /// `<n>MiB`, `<n>GiB`, or `rest` (the root only).
+    pub size: String,
+    /// Fixed filesystem (the root's is chosen per bake).
+    pub filesystem: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    pub description: Option<String>,
+    #[serde(rename = "partition")]
+    pub partitions: Vec<PartitionSpec>,
+}
+
+impl Layout {
+    /// A built-in layout by name, or a TOML file.
+    pub fn load(name_or_file: &str) -> Result<Layout> {
+        let (what, text) = match BUILTIN.iter().find(|(n, _)| *n == name_or_file) {
+            Some((n, t)) => (format!("built-in layout {n}"), t.to_string()),
+            None if Path::new(name_or_file).is_file() => (
+                format!("layout file {name_or_file}"),
+                std::fs::read_to_string(name_or_file).with_context(|| format!("cannot read {name_or_file}"))?,
+            ),
+            None => {
+                let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                bail!("unknown layout {name_or_file:?}: use one of {} or the path of a layout TOML file", names.join(", "));
+            }
+        };
+        let layout: Layout = toml::from_str(&text).with_context(|| format!("{what} is not a valid layout"))?;
+        layout.validate().with_context(|| what)?;
+        Ok(layout)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let count = |r: Role| self.partitions.iter().filter(|p| p.role == r).count();
+        ensure!(count(Role::Root) == 1, "a layout needs exactly one root partition");
+        for r in [Role::BiosBoot, Role::Esp, Role::Boot] {
+            ensure!(count(r) <= 1, "a layout may have at most one {r:?} partition");
+        }
+        ensure!(count(Role::Esp) + count(Role::BiosBoot) > 0, "a layout needs an ESP or a BIOS boot partition to boot");
+        for p in &self.partitions {
+            let rest = p.size == "rest";
+            ensure!(!rest || p.role == Role::Root, "partition {}: only the root may take the rest of the disk", p.name);
+            if !rest {
+                parse_size(&p.size).with_context(|| format!("partition {}", p.name))?;
+            }
+            ensure!(p.name.encode_utf16().count() <= 36, "partition name {:?} is longer than GPT's 36 characters", p.name);
+        }
+        Ok(())
+    }
+
+    pub fn fixed_bytes(&self) -> u64 {
+        self.partitions.iter().filter_map(|p| parse_size(&p.size).ok()).sum()
+    }
+}
+
+/// `512MiB`, `1GiB`, `10G`, `4096M`, or plain bytes; rounded up to whole MiB.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("size {s:?} is not a number with a unit (e.g. 10G, 512MiB)"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => MIB,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        u => bail!("size {s:?}: unknown unit {u:?} (use K, M, G or T, powers of 1024)"),
+    };
+    let bytes = n.checked_mul(mult).context("size too large")?;
+    Ok(bytes.div_ceil(MIB) * MIB)
+}
+
+/// One partition of a planned disk.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub role: Role,
+    pub number: u32,
+    pub name: String,
+    pub type_guid: String,
+    pub guid: String,
+    pub offset: u64,
+    pub size: u64,
+    pub filesystem: Option<String>,
+    pub label: Option<String>,
+    /// The filesystem's UUID (for FAT, the volume id as `XXXX-XXXX`).
+    pub fs_uuid: String,
+}
+
+/// A disk to create: its size, GUID and partitions.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub size: u64,
+    pub disk_guid: String,
+    pub partitions: Vec<Partition>,
+}
+
+impl Plan {
+    pub fn part(&self, role: Role) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.role == role)
+    }
+
+    pub fn root(&self) -> &Partition {
+        self.part(Role::Root).expect("validated: a plan has a root")
+    }
+}
+
+/// Lays `layout` out on a disk. `root_size` is the root's size when the disk size is not
+/// given; with `disk_size` the root takes what the other partitions leave, and must be at
+/// least `root_min`.
+pub fn plan(layout: &Layout, root_fs: &str, root_type: &str, root_min: u64, root_size: u64, disk_size: Option<u64>, ids: &Ids) -> Result<Plan> {
+    let fixed = layout.fixed_bytes();
+    let size = match disk_size {
+        Some(s) => {
+            let room = s.saturating_sub(FIRST + GPT_TAIL + fixed);
+            ensure!(
+                room >= root_min,
+                "the layout does not fit --size {}: its fixed partitions take {} MiB, leaving {} MiB for a root that needs at least {} MiB; use --size {}M or more",
+                s / MIB,
+                fixed / MIB,
+                room / MIB,
+                root_min / MIB,
+                (FIRST + GPT_TAIL + fixed + root_min).div_ceil(MIB)
+            );
+            s / MIB * MIB
+        }
+        None => FIRST + fixed + root_size.div_ceil(MIB) * MIB + GPT_TAIL,
+    };
+    let mut offset = FIRST;
+    let mut partitions = Vec::new();
+    for (i, spec) in layout.partitions.iter().enumerate() {
+        let bytes = if spec.size == "rest" { size - GPT_TAIL - offset - (fixed_after(layout, i)) } else { parse_size(&spec.size)? };
+        let type_guid = match (&spec.type_guid, spec.role) {
+            (Some(t), _) => t.clone(),
+            (None, Role::Root) => root_type.to_string(),
+            (None, r) => bail!("partition {} ({r:?}) has no type", spec.name),
+        };
+        let filesystem = match spec.role {
+            Role::Root => Some(root_fs.to_string()),
+            _ => spec.filesystem.clone(),
+        };
+        let purpose = format!("partition {}", spec.name);
+        let fs_uuid = match filesystem.as_deref() {
+            Some("vfat") => ids.fat_volume_id(&purpose),
+            _ => ids.uuid(&format!("{purpose} filesystem")),
+        };
+        partitions.push(Partition {
+            role: spec.role,
+            number: i as u32 + 1,
+            name: spec.name.clone(),
+            type_guid: type_guid.to_uppercase(),
+            guid: ids.uuid(&purpose),
+            offset,
+            size: bytes,
+            filesystem,
+            label: spec.label.clone(),
+            fs_uuid,
+        });
+        offset += bytes;
+    }
+    Ok(Plan { size, disk_guid: ids.uuid("disk"), partitions })
+}
+
+fn fixed_after(layout: &Layout, i: usize) -> u64 {
+    layout.partitions[i + 1..].iter().filter_map(|p| parse_size(&p.size).ok()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("501MiB").unwrap(), 501 * MIB);
+        assert_eq!(parse_size("1").unwrap(), MIB);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5X").is_err());
+    }
+
+    #[test]
+    fn builtin_layouts_plan_aligned_and_refuse_small_disks() {
+        let ids = Ids::from_seed(Some("t"));
+        for name in ["default", "bootc"] {
+            let l = Layout::load(name).unwrap();
+            let p = plan(&l, "ext4", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", 100 * MIB, 2 << 30, None, &ids).unwrap();
+            assert!(p.partitions.iter().all(|x| x.offset % MIB == 0 && x.size % MIB == 0), "{name}");
+            assert_eq!(p.root().size, 2 << 30);
+            let err = plan(&l, "ext4", "x", 4 << 30, 0, Some(2 << 30), &ids).unwrap_err().to_string();
+            assert!(err.contains("does not fit --size 2048"), "{err}");
+        }
+        assert!(Layout::load("nope").unwrap_err().to_string().contains("default"));
+    }
+}

@@ -1,0 +1,111 @@
+//! Loop devices for one partition each: attached with an offset and a size limit (partition
+//! scanning does not create `loopNpM` nodes reliably on every kernel), auto-clearing, detached
+//! when the handle drops.
+//!
+//! The user named the `loopdev` crate; its 0.4 release generates bindings with bindgen at build
+//! time (libclang, a minute of compiling) for three ioctls, so they are written here.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// An attached loop device; detached (auto-clear) once dropped and no longer mounted.
+pub struct LoopDevice {
+    pub path: PathBuf,
+    device: File,
+}
+
+impl LoopDevice {
+    /// Attaches `size` bytes of `backing` starting at `offset`.
+    pub fn attach(backing: &Path, offset: u64, size: u64) -> Result<LoopDevice> {
+        let file = OpenOptions::new().read(true).write(true).open(backing)
+            .with_context(|| format!("cannot open {}", backing.display()))?;
+        let control = OpenOptions::new().read(true).write(true).open("/dev/loop-control")
+            .context("cannot open /dev/loop-control (kiln needs root and the loop module to write filesystems)")?;
+        for _ in 0..16 {
+            let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+            if n < 0 {
+                bail!("no free loop device: {}", std::io::Error::last_os_error());
+            }
+            let path = PathBuf::from(format!("/dev/loop{n}"));
+            let device = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+            };
+            let mut name = [0u8; 64];
+            let b = backing.as_os_str().as_encoded_bytes();
+            name[..b.len().min(63)].copy_from_slice(&b[..b.len().min(63)]);
+            let config = LoopConfig {
+                fd: file.as_raw_fd() as u32,
+                block_size: 0,
+                info: LoopInfo64 {
+                    lo_device: 0,
+                    lo_inode: 0,
+                    lo_rdevice: 0,
+                    lo_offset: offset,
+                    lo_sizelimit: size,
+                    lo_number: 0,
+                    lo_encrypt_type: 0,
+                    lo_encrypt_key_size: 0,
+                    lo_flags: LO_FLAGS_AUTOCLEAR,
+                    lo_file_name: name,
+                    lo_crypt_name: [0; 64],
+                    lo_encrypt_key: [0; 32],
+                    lo_init: [0; 2],
+                },
+                reserved: [0; 8],
+            };
+            let r = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) };
+            if r == 0 {
+                return Ok(LoopDevice { path, device });
+            }
+            let err = std::io::Error::last_os_error();
+            // Another process took it between GET_FREE and CONFIGURE: try the next one.
+            if err.raw_os_error() != Some(libc::EBUSY) {
+                return Err(err).with_context(|| format!("cannot attach {} to {}", backing.display(), path.display()));
+            }
+        }
+        bail!("could not get a free loop device (all busy)")
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        // With auto-clear the kernel detaches once the last user is gone; clearing here also
+        // covers a device that was never mounted. EBUSY (still mounted) leaves auto-clear to it.
+        unsafe { libc::ioctl(self.device.as_raw_fd(), LOOP_CLR_FD) };
+    }
+}
