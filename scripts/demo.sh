@@ -1,7 +1,7 @@
 #!/bin/bash
-# The demo: builds kiln's test image (a Debian bootc-style OCI image), bakes it into a disk
-# image with kiln, boots that disk under QEMU in UEFI and BIOS mode and shows what the booted
-# system reports.
+# The demo: builds kiln's test image (a Debian bootc-style OCI image), bakes it into a raw disk
+# with kiln, boots that disk under QEMU in UEFI and BIOS mode and shows what the booted system
+# reports (its boot probe's checks).
 set -euo pipefail
 cd "$(dirname "$(realpath "$0")")/.."
 [ "$(id -u)" = 0 ] || { echo "the demo needs root (loop devices, mounts)" >&2; exit 1; }
@@ -9,6 +9,9 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 bash scripts/setup.sh
 IMAGE=$(bash scripts/test-image/build.sh)
 echo "== test image: $IMAGE"
-skopeo inspect oci:"$IMAGE/oci":latest | jq '{Digest, Architecture, Labels, Layers}'
 cargo build --release --locked --bin kiln --example boot-probe
-echo "== kiln bake is not built yet (the disk issue): the demo stops after the image."
+./target/release/kiln image inspect "oci:$IMAGE/oci:latest"
+OUT=${KILN_DEMO_OUTPUT:-/var/tmp/kiln-demo}
+echo "== kiln bake --type raw --output $OUT"
+./target/release/kiln bake --type raw --force --output "$OUT" --target-imgref quay.io/kiln/test:latest "oci:$IMAGE/oci:latest"
+./target/release/examples/boot-probe "$OUT/image/disk.raw" uefi bios

@@ -124,6 +124,7 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
     drop(scan);
 
+    check_free_space(raw.parent().unwrap(), root_min)?;
     let stage = progress.stage("disk", None);
     table::create_image(raw, &plan)?;
     let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
@@ -151,14 +152,37 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
         }),
     };
     bootloader::install(&platform.bootloader, &deployment.dir, target)?;
-    if let Some(e) = esp {
-        e.close()?;
+    if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
+        e.close(raw, p)?;
     }
     stage.finish();
 
     let stage = progress.stage("finish", None);
     sysroot.close()?;
+    std::fs::File::open(raw)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {} failed (is its disk full?)", raw.display()))?;
     stage.finish();
+    Ok(())
+}
+
+/// Fails early when the output's filesystem cannot hold the disk's data (the raw file is
+/// sparse: what counts is what will be written, about `needed` bytes).
+fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(());
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if free < needed {
+        bail!(
+            "{} has {} MiB free, but the disk will hold about {} MiB: free some space or choose another --output",
+            dir.display(),
+            free >> 20,
+            needed >> 20
+        );
+    }
     Ok(())
 }
 

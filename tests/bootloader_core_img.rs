@@ -3,6 +3,8 @@
 //! everything around the LZMA stream except its size field (the streams themselves differ:
 //! liblzma is not the LZMA SDK).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,14 +12,21 @@ use kiln::bootloader::core_image::{self, CoreSpec};
 use kiln::bootloader::image_files::ImageRoot;
 use kiln::bootloader::BootloaderPlatform;
 
-const BASE: &str = "/var/cache/kiln-test/base-dev";
 const MODULES_DIR: &str = "usr/lib/grub/i386-pc";
 const COMPRESSED_SIZE_FIELD: std::ops::Range<usize> = 512 + 8..512 + 12;
 
+/// The test image's files, unpacked once per run (by umoci: an oracle independent of kiln).
 fn base() -> PathBuf {
-    let base = PathBuf::from(std::env::var("KILN_TEST_BASE").unwrap_or_else(|_| BASE.into()));
-    assert!(base.join(MODULES_DIR).join("kernel.img").is_file(), "the test image root {} is missing (scripts/test-image builds it)", base.display());
-    base
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kiln-core-img-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let image = format!("{}:latest", common::test_image().join("oci-gzip").display());
+        common::run(Command::new("umoci").args(["raw", "unpack", "--image", &image]).arg(&dir));
+        assert!(dir.join(MODULES_DIR).join("kernel.img").is_file(), "the test image lacks {MODULES_DIR}");
+        dir
+    })
+    .clone()
 }
 
 fn platform_modules() -> Vec<String> {

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::layout::Partition;
 
@@ -88,9 +88,114 @@ impl Esp {
     }
 
     /// Flushes the FAT and closes the filesystem.
-    pub fn close(self) -> Result<()> {
-        self.fs.unmount().context("closing the ESP")
+    pub fn close(self, image: &Path, part: &Partition) -> Result<()> {
+        self.fs.unmount().context("closing the ESP")?;
+        let mut region = Region::new(image, part.offset, part.size)?;
+        drop_dot_long_names(&mut region).context("tidying the ESP's directories")
     }
+}
+
+const ENTRY: usize = 32;
+const ATTR_LFN: u8 = 0x0f;
+const ATTR_DIR: u8 = 0x10;
+
+/// fatfs 0.3.6 (the last release) writes long-name entries in front of every new directory's
+/// `.` and `..`, which FAT reserves as the first two short entries (fsck.fat flags them; the
+/// fix is only in fatfs' unreleased code). This removes them, directory by directory. A
+/// directory written correctly is left as it is.
+fn drop_dot_long_names(r: &mut Region) -> Result<()> {
+    let mut bpb = [0u8; 512];
+    r.seek(SeekFrom::Start(0))?;
+    r.read_exact(&mut bpb)?;
+    let u16at = |o: usize| u16::from_le_bytes([bpb[o], bpb[o + 1]]) as u64;
+    let u32at = |o: usize| u32::from_le_bytes(bpb[o..o + 4].try_into().unwrap()) as u64;
+    let bytes_per_sector = u16at(11);
+    let cluster_size = bytes_per_sector * bpb[13] as u64;
+    let data_start = (u16at(14) + bpb[16] as u64 * u32at(36)) * bytes_per_sector;
+    let cluster_at = |c: u64| data_start + (c - 2) * cluster_size;
+    let root = u32at(44);
+    let mut todo = vec![(root, true, false)];
+    while let Some((cluster, is_root, parent_is_root)) = todo.pop() {
+        let mut buf = vec![0u8; cluster_size as usize];
+        r.seek(SeekFrom::Start(cluster_at(cluster)))?;
+        r.read_exact(&mut buf)?;
+        let entries: Vec<&[u8]> = buf.chunks(ENTRY).collect();
+        // Subdirectories to visit (short entries with the directory bit, not . or ..).
+        for e in &entries {
+            if e[0] == 0 {
+                break;
+            }
+            if e[0] != 0xe5 && e[11] != ATTR_LFN && e[11] & ATTR_DIR != 0 && e[0] != b'.' {
+                let c = (u16::from_le_bytes([e[20], e[21]]) as u64) << 16 | u16::from_le_bytes([e[26], e[27]]) as u64;
+                todo.push((c, false, is_root));
+            }
+        }
+        if is_root || (entries[0][11] != ATTR_LFN && !parent_is_root) {
+            continue;
+        }
+        // Keep every entry but the long names that belong to `.` and `..`.
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        for e in &entries {
+            if e[0] == 0 {
+                break;
+            }
+            if e[11] == ATTR_LFN && e[0] != 0xe5 {
+                pending.push(e.to_vec());
+                continue;
+            }
+            let is_dot = &e[..11] == b".          " || &e[..11] == b"..         ";
+            if !is_dot {
+                kept.append(&mut pending);
+            }
+            pending.clear();
+            kept.push(e.to_vec());
+        }
+        if kept.len() < 2 || &kept[0][..11] != b".          " || &kept[1][..11] != b"..         " {
+            bail!("a directory of the ESP does not start with '.' and '..'");
+        }
+        if parent_is_root {
+            // `..` of a directory in the root names cluster 0, not the root's cluster.
+            for b in [20, 21, 26, 27] {
+                kept[1][b] = 0;
+            }
+        }
+        let mut out = kept.concat();
+        out.resize(cluster_size as usize, 0);
+        r.seek(SeekFrom::Start(cluster_at(cluster)))?;
+        r.write_all(&out)?;
+    }
+    write_free_count(r, &bpb, data_start, cluster_size)
+}
+
+/// Records the free cluster count and the next free cluster in FSInfo (and its backup):
+/// fatfs leaves them "unknown", which checkers report.
+fn write_free_count(r: &mut Region, bpb: &[u8], data_start: u64, cluster_size: u64) -> Result<()> {
+    let u16at = |o: usize| u16::from_le_bytes([bpb[o], bpb[o + 1]]) as u64;
+    let u32at = |o: usize| u32::from_le_bytes(bpb[o..o + 4].try_into().unwrap()) as u64;
+    let bytes_per_sector = u16at(11);
+    let total_sectors = u32at(32);
+    let clusters = (total_sectors * bytes_per_sector - data_start) / cluster_size;
+    let mut fat = vec![0u8; ((clusters + 2) * 4) as usize];
+    r.seek(SeekFrom::Start(u16at(14) * bytes_per_sector))?;
+    r.read_exact(&mut fat)?;
+    let entries: Vec<u32> = fat.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) & 0x0fff_ffff).collect();
+    let free = entries[2..].iter().filter(|&&e| e == 0).count() as u32;
+    let next = entries[2..].iter().position(|&e| e == 0).map_or(0xffff_ffff, |i| i as u32 + 2);
+    for sector in [u16at(48), u16at(50) + u16at(48)] {
+        let at = sector * bytes_per_sector;
+        let mut fsinfo = [0u8; 512];
+        r.seek(SeekFrom::Start(at))?;
+        r.read_exact(&mut fsinfo)?;
+        if &fsinfo[..4] != b"RRaA" {
+            continue;
+        }
+        fsinfo[488..492].copy_from_slice(&free.to_le_bytes());
+        fsinfo[492..496].copy_from_slice(&next.to_le_bytes());
+        r.seek(SeekFrom::Start(at))?;
+        r.write_all(&fsinfo)?;
+    }
+    Ok(())
 }
 
 impl crate::bootloader::EspWriter for Esp {
@@ -110,5 +215,45 @@ impl crate::bootloader::EspWriter for Esp {
         f.truncate()?;
         f.write_all(data).with_context(|| format!("writing {path} on the ESP (is it full?)"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootloader::EspWriter;
+
+    /// The ESP passes fsck.fat (an independent checker) after kiln writes nested files.
+    #[test]
+    fn esp_passes_fsck_fat() {
+        let dir = std::env::temp_dir().join(format!("kiln-esp-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("esp.img");
+        std::fs::File::create(&img).unwrap().set_len(600 << 20).unwrap();
+        let part = Partition {
+            role: crate::disk::Role::Esp,
+            number: 1,
+            name: "EFI-SYSTEM".into(),
+            type_guid: String::new(),
+            guid: String::new(),
+            offset: 1 << 20,
+            size: 501 << 20,
+            filesystem: Some("vfat".into()),
+            label: Some("EFI-SYSTEM".into()),
+            fs_uuid: "ABCD-1234".into(),
+        };
+        let mut esp = Esp::format(&img, &part).unwrap();
+        esp.create_dir_all("EFI/BOOT").unwrap();
+        esp.write_file("EFI/BOOT/BOOTX64.EFI", &vec![7u8; 100_000]).unwrap();
+        esp.create_dir_all("EFI/debian").unwrap();
+        esp.write_file("EFI/debian/grub.cfg", b"x").unwrap();
+        esp.close(&img, &part).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("dd if={0} of={0}.part bs=1M skip=1 count=501 status=none && fsck.fat -n {0}.part", img.display()))
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }
 }

@@ -102,6 +102,15 @@ impl LoopDevice {
     }
 }
 
+impl LoopDevice {
+    /// Flushes the device to its backing file, reporting a write the file refused.
+    pub fn flush(&self) -> Result<()> {
+        self.device.sync_all().with_context(|| {
+            format!("writing {} to its backing file failed (is the disk holding the output full?)", self.path.display())
+        })
+    }
+}
+
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         // With auto-clear the kernel detaches once the last user is gone; clearing here also

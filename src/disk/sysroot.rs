@@ -60,11 +60,27 @@ impl Sysroot {
 
     fn unmount_all(&mut self, lazy: bool) -> Result<()> {
         let mut first_err = None;
+        // Flush first and look at the result: a write the backing file could not take (its
+        // disk full) only shows here, and unmounting would hide it.
+        if !lazy {
+            for m in self.mounts.iter().rev() {
+                if let Err(e) = syncfs(m) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
         while let Some(m) = self.mounts.pop() {
             let flags = if lazy { UnmountFlags::DETACH } else { UnmountFlags::empty() };
             if let Err(e) = sys_mount::unmount(&m, flags) {
                 let _ = sys_mount::unmount(&m, UnmountFlags::DETACH);
                 first_err.get_or_insert(anyhow::anyhow!("cannot unmount {}: {e}", m.display()));
+            }
+        }
+        if !lazy {
+            for l in &self.loops {
+                if let Err(e) = l.flush() {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         self.loops.clear();
@@ -73,6 +89,15 @@ impl Sysroot {
             None => Ok(()),
         }
     }
+}
+
+fn syncfs(dir: &Path) -> Result<()> {
+    let f = std::fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    if unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&f)) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("writing the filesystem mounted on {} failed: {e} (is the disk holding the output full?)", dir.display());
+    }
+    Ok(())
 }
 
 impl Drop for Sysroot {
