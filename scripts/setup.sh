@@ -10,7 +10,7 @@ PKGS=(
   # the test image and the image oracles
   debootstrap ostree skopeo umoci zstd gzip tar cpio jq attr libcap2-bin
   # disk-format and OVF oracles
-  qemu-utils libxml2-utils
+  qemu-utils libxml2-utils python3-libvmdk
   # the reference pipeline (the speed peer)
   grub-efi-amd64-bin grub-pc-bin grub-common
   # local registry tests

@@ -18,27 +18,37 @@ use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
 use crate::ostree::{self, kargs, object::Kind, Repo};
 use crate::platform::Platform;
+use crate::output::{self, Format, RawDisk};
 use crate::progress::Progress;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
 
-/// Where each output type goes under `--output`, as bootc-image-builder names them.
-const RAW_OUTPUT: &str = "image/disk.raw";
-
 pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     interrupt::install();
-    for t in &args.types {
-        if t != "raw" {
-            bail!("output type {t:?} is not built yet: kiln bake writes raw disks (--type raw)");
-        }
+    let formats = Format::parse_list(&args.types)?;
+    let outputs: Vec<(Format, PathBuf)> = formats.iter().map(|f| (*f, f.path_in(&args.output))).collect();
+    for (_, path) in &outputs {
+        prepare_output(path, args.force)?;
     }
-    let raw = args.output.join(RAW_OUTPUT);
-    prepare_output(&raw, args.force)?;
+    let raw = Format::Raw.path_in(&args.output);
     let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
     let result = bake_raw(args, partial.path(), progress);
     interrupt::check().and(result)?;
-    std::fs::rename(partial.path(), &raw).with_context(|| format!("cannot move the finished disk to {}", raw.display()))?;
-    partial.disarm();
-    progress.info(&format!("wrote {}", raw.display()));
+    // One raw build feeds every format.
+    let disk = RawDisk::open(partial.path())?;
+    let mut written: Vec<Partial> = Vec::new();
+    for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
+        interrupt::check()?;
+        output::write(*format, &disk, path, &args.ova.options(), progress)?;
+        // Kept only if the whole bake succeeds.
+        written.push(Partial::new_existing(path.clone()));
+        progress.info(&format!("wrote {}", path.display()));
+    }
+    if formats.contains(&Format::Raw) {
+        std::fs::rename(partial.path(), &raw).with_context(|| format!("cannot move the finished disk to {}", raw.display()))?;
+        partial.disarm();
+        progress.info(&format!("wrote {}", raw.display()));
+    }
+    written.iter().for_each(Partial::disarm);
     Ok(())
 }
 
@@ -64,6 +74,10 @@ struct Partial(PathBuf, std::cell::Cell<bool>);
 impl Partial {
     fn new(p: PathBuf) -> Partial {
         let _ = std::fs::remove_file(&p);
+        Partial(p, std::cell::Cell::new(true))
+    }
+    /// Guards a file that exists already.
+    fn new_existing(p: PathBuf) -> Partial {
         Partial(p, std::cell::Cell::new(true))
     }
     fn path(&self) -> &Path {

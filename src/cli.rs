@@ -50,7 +50,7 @@ pub struct BakeArgs {
     /// The image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REF,
     /// containers-storage:REF, or a bare registry reference.
     pub image: String,
-    /// Output types, repeatable or comma-separated.
+    /// Output types, repeatable or comma-separated: raw, qcow2, vmdk, vhd, gce, ova.
     #[arg(long = "type", value_delimiter = ',', default_value = "qcow2")]
     pub types: Vec<String>,
     /// Directory the outputs are written under.
@@ -82,6 +82,43 @@ pub struct BakeArgs {
     pub force: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub ova: OvaArgs,
+}
+
+/// What an OVA's descriptor says about the virtual machine.
+#[derive(Args, Debug, Clone)]
+pub struct OvaArgs {
+    /// The virtual machine's name in the OVA.
+    #[arg(long, default_value = "kiln")]
+    pub ova_name: String,
+    #[arg(long, default_value_t = 2)]
+    pub ova_cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub ova_memory: u64,
+    /// vSphere virtual hardware version (vmx-N).
+    #[arg(long, default_value_t = 17)]
+    pub ova_hw_version: u32,
+    /// Firmware the virtual machine boots with.
+    #[arg(long, value_parser = ["efi", "bios"], default_value = "efi")]
+    pub ova_firmware: String,
+    /// Turn UEFI secure boot on.
+    #[arg(long)]
+    pub ova_secure_boot: bool,
+}
+
+impl OvaArgs {
+    pub fn options(&self) -> crate::output::OvaOptions {
+        crate::output::OvaOptions {
+            name: self.ova_name.clone(),
+            cpus: self.ova_cpus,
+            memory_mib: self.ova_memory,
+            hw_version: self.ova_hw_version,
+            firmware: self.ova_firmware.clone(),
+            secure_boot: self.ova_secure_boot,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,6 +165,8 @@ pub struct ConvertArgs {
     /// Directory the outputs are written under.
     #[arg(long, default_value = "output")]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub ova: OvaArgs,
 }
 
 /// Firmware a disk is made to boot with.
@@ -165,7 +204,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(ImageCommand::Unpack { image, dir, source }) => {
             inspect::unpack(&image, &dir, &source.open_options(), &progress)
         }
-        Command::Convert(_) => not_yet("convert", "the output-formats issue"),
+        Command::Convert(args) => {
+            crate::interrupt::install();
+            crate::output::convert(&args.raw, &args.types, &args.output, &args.ova.options(), &progress)
+        }
     }
 }
 

@@ -316,3 +316,20 @@ fn sigint_and_sigterm_mid_bake_clean_up() {
         no_leftovers(s.path());
     }
 }
+
+/// One bake feeds every format; the qcow2 and the vmdk boot with every probe check passing.
+#[test]
+fn qcow2_and_vmdk_outputs_boot() {
+    let s = Scratch::new("bake-formats");
+    let out = s.path().join("out");
+    let image = image_ref();
+    let o = kiln(&["bake", "--type", "qcow2,vmdk", "--rootfs", "ext4", "--output", out.to_str().unwrap(), "--target-imgref", "quay.io/kiln/test:latest", &image]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.join("image/disk.raw").exists(), "the raw was not asked for but left behind");
+    for (path, fw) in [(out.join("qcow2/disk.qcow2"), Firmware::Uefi), (out.join("vmdk/disk.vmdk"), Firmware::Bios)] {
+        let report = Boot::new(&path, fw, "bake-formats").run().unwrap_or_else(|e| panic!("{e}"));
+        println!("{} {fw}:\n{report}", path.display());
+        report.assert_outcome(&[]);
+    }
+    no_leftovers(s.path());
+}

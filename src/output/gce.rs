@@ -1,0 +1,179 @@
+//! The GCE image: `image.tar.gz` holding exactly `disk.raw` (GNU tar's oldgnu format, as
+//! Google's import expects), the disk grown to a whole number of GiB with its backup GPT moved
+//! to the new end. Gzip runs on all cores: each block of the tar becomes its own gzip member
+//! (a valid gzip file is a series of members).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::parallel::map_ordered;
+use super::rawdisk::RawDisk;
+use crate::progress::Stage;
+
+const GIB: u64 = 1 << 30;
+const SECTOR: u64 = 512;
+const BLOCK: u64 = 4 << 20;
+
+pub fn write(raw: &RawDisk, dest: &Path, stage: &Stage) -> Result<()> {
+    let size = raw.size.div_ceil(GIB) * GIB;
+    let gpt = Relocated::read(raw, size)?;
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?);
+    let header = oldgnu_header("disk.raw", size);
+    let data_end = 512 + size;
+    // Tar: header, data, padding to the record size (20 blocks of 512) with two zero blocks.
+    let total = (data_end + 1024).div_ceil(10240) * 10240;
+    let blocks = (0..total.div_ceil(BLOCK)).map(|i| -> Result<(u64, Option<Vec<u8>>)> {
+        let start = i * BLOCK;
+        let len = BLOCK.min(total - start);
+        // Disk offsets this block covers.
+        let (d0, d1) = (start.saturating_sub(512), (start + len).min(data_end).saturating_sub(512));
+        let touches_data = d1 > d0 && (raw.has_data(d0, d1 - d0) || gpt.overlaps(d0, d1));
+        if start >= 512 && !touches_data {
+            return Ok((len, None));
+        }
+        let mut buf = vec![0u8; len as usize];
+        if start < 512 {
+            buf[..512].copy_from_slice(&header);
+        }
+        if d1 > d0 {
+            let at = (d0 + 512 - start) as usize;
+            if d0 < raw.size {
+                let n = (d1.min(raw.size) - d0) as usize;
+                raw.read_at(&mut buf[at..at + n], d0)?;
+            }
+            gpt.patch(&mut buf[at..at + (d1 - d0) as usize], d0);
+        }
+        Ok((len, Some(buf)))
+    });
+    let zero_member = gzip(&vec![0u8; BLOCK as usize])?;
+    map_ordered(
+        blocks,
+        32,
+        |(len, data)| match data {
+            Some(d) => gzip(&d),
+            None if len == BLOCK => Ok(zero_member.clone()),
+            None => gzip(&vec![0u8; len as usize]),
+        },
+        |member| {
+            crate::interrupt::check()?;
+            stage.inc(BLOCK);
+            out.write_all(&member)?;
+            Ok(())
+        },
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 3), flate2::Compression::default());
+    e.write_all(data)?;
+    Ok(e.finish()?)
+}
+
+/// A tar header in GNU's old format (`ustar  \0` magic); sizes past 8 GiB in base-256.
+fn oldgnu_header(name: &str, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    if size < 1 << 33 {
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    } else {
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+    }
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..265].copy_from_slice(b"ustar  \0");
+    h[265..269].copy_from_slice(b"root");
+    h[297..301].copy_from_slice(b"root");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// The disk's GPT rewritten for a larger disk: the protective MBR and primary header updated,
+/// the old backup cleared, a new backup (entries and header) at the new end.
+struct Relocated {
+    /// (disk offset, bytes) replacing what is there.
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
+impl Relocated {
+    fn read(raw: &RawDisk, size: u64) -> Result<Relocated> {
+        let mut mbr = vec![0u8; 512];
+        raw.read_at(&mut mbr, 0)?;
+        let mut primary = vec![0u8; 512];
+        raw.read_at(&mut primary, SECTOR)?;
+        if &primary[..8] != b"EFI PART" {
+            bail!("{} has no GPT; the GCE image needs one to move its backup header", raw.path.display());
+        }
+        let hsize = u32::from_le_bytes(primary[12..16].try_into().unwrap()) as usize;
+        let entries_lba = u64::from_le_bytes(primary[72..80].try_into().unwrap());
+        let n = u32::from_le_bytes(primary[80..84].try_into().unwrap()) as u64;
+        let esize = u32::from_le_bytes(primary[84..88].try_into().unwrap()) as u64;
+        let entry_sectors = (n * esize).div_ceil(SECTOR);
+        let mut entries = vec![0u8; (entry_sectors * SECTOR) as usize];
+        raw.read_at(&mut entries, entries_lba * SECTOR)?;
+        let old_last = raw.size / SECTOR - 1;
+        let last = size / SECTOR - 1;
+
+        let put = |h: &mut Vec<u8>, at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        let seal = |h: &mut Vec<u8>| {
+            h[16..20].fill(0);
+            let c = crc32(&h[..hsize]);
+            h[16..20].copy_from_slice(&c.to_le_bytes());
+        };
+        put(&mut primary, 32, last);
+        put(&mut primary, 48, last - entry_sectors - 1);
+        seal(&mut primary);
+        let mut backup = primary.clone();
+        put(&mut backup, 24, last);
+        put(&mut backup, 32, 1);
+        put(&mut backup, 72, last - entry_sectors);
+        seal(&mut backup);
+        // The protective MBR's partition covers the whole (new) disk.
+        mbr[446 + 12..446 + 16].copy_from_slice(&((size / SECTOR - 1).min(u32::MAX as u64) as u32).to_le_bytes());
+
+        let mut patches = vec![(0, mbr), (SECTOR, primary)];
+        if size > raw.size {
+            let old = (old_last - entry_sectors) * SECTOR;
+            patches.push((old, vec![0u8; ((entry_sectors + 1) * SECTOR) as usize]));
+        }
+        patches.push(((last - entry_sectors) * SECTOR, entries));
+        patches.push((last * SECTOR, backup));
+        Ok(Relocated { patches })
+    }
+
+    fn overlaps(&self, from: u64, to: u64) -> bool {
+        self.patches.iter().any(|(o, b)| *o < to && o + b.len() as u64 > from)
+    }
+
+    /// Applies the patches to `buf`, which holds the disk's bytes from `at`.
+    fn patch(&self, buf: &mut [u8], at: u64) {
+        for (o, bytes) in &self.patches {
+            let (s, e) = ((*o).max(at), (o + bytes.len() as u64).min(at + buf.len() as u64));
+            if s < e {
+                buf[(s - at) as usize..(e - at) as usize].copy_from_slice(&bytes[(s - o) as usize..(e - o) as usize]);
+            }
+        }
+    }
+}
+
+/// CRC-32 (IEEE), as GPT headers carry it.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+        }
+    }
+    !c
+}
