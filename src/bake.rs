@@ -30,6 +30,7 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
         prepare_output(path, args.force)?;
     }
     let raw = Format::Raw.path_in(&args.output);
+    std::fs::create_dir_all(raw.parent().unwrap()).with_context(|| format!("cannot create {}", raw.parent().unwrap().display()))?;
     let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
     let result = bake_raw(args, partial.path(), progress);
     interrupt::check().and(result)?;
