@@ -215,11 +215,13 @@ fn write_deployment(
     interrupt::check()?;
     let stage = progress.stage("commit", None);
     let (root, filtered) = ostree::convert(merged.root)?;
+    let layers = merged.layers;
     let kver = tree::kernels(&root).remove(0);
     let (origin, transport_ref) = target_reference(args.target_imgref.as_deref(), &image.source, progress)?;
     let commit = ostree::commit(
         &repo,
         &root,
+        layers,
         &ostree::CommitInfo { image, target_transport_ref: &transport_ref, filtered: &filtered, kernel: &kver },
     )?;
     stage.finish();

@@ -92,7 +92,7 @@ fn test_image_commit_and_deployment_satisfy_ostree() {
     let (root, filtered) = ostree::convert(merged.root).unwrap();
     let kver = tree::kernels(&root).remove(0);
     let target = "docker://quay.io/kiln/test:latest";
-    let commit = ostree::commit(&repo, &root, &ostree::CommitInfo { image: &image, target_transport_ref: target, filtered: &filtered, kernel: &kver }).unwrap();
+    let commit = ostree::commit(&repo, &root, merged.layers, &ostree::CommitInfo { image: &image, target_transport_ref: target, filtered: &filtered, kernel: &kver }).unwrap();
     let kargs = vec!["root=UUID=1234".to_string(), "rw".to_string()];
     let dep = ostree::deploy(
         &sysroot,
@@ -114,6 +114,15 @@ fn test_image_commit_and_deployment_satisfy_ostree() {
     let refs = run(Command::new("ostree").args([&repo_arg, "refs"]));
     assert!(refs.lines().any(|r| r == "ostree/container/image/docker_3A__2F__2F_quay_2E_io/kiln/test_3A_latest"), "{refs}");
     assert!(refs.lines().any(|r| r == "ostree/1/1/0"), "{refs}");
+    // One commit per layer, under ostree-ext's blob refs.
+    for layer in &image.layers {
+        let blob = format!("ostree/container/blob/sha256_3A_{}", &layer.descriptor.digest[7..]);
+        assert!(refs.lines().any(|r| r == blob), "no {blob} in:\n{refs}");
+    }
+    // The top layer's commit holds its whiteout marker as a file, as its tar does.
+    let top = format!("ostree/container/blob/sha256_3A_{}", &image.layers[2].descriptor.digest[7..]);
+    let ls = run(Command::new("ostree").args([&repo_arg, "ls", &top, "/usr/share/kiln-test"]));
+    assert!(ls.contains(".wh.deleted"), "{ls}");
     let hex = object::hex(&commit);
     let meta = |k: &str| run(Command::new("ostree").args([&repo_arg, "show", &format!("--print-metadata-key={k}"), &hex]));
     assert_eq!(meta("version").trim(), "'12.kiln-test.1'");

@@ -25,12 +25,15 @@ pub type Filtered = std::collections::BTreeMap<String, u32>;
 /// Converts an image's tree into the tree an ostree commit of it holds: `/etc` moves to
 /// `/usr/etc`; API filesystems are emptied; build-injected empty files go; `/boot` must be
 /// empty and a kernel present.
-pub fn convert(mut root: Dir) -> Result<(Dir, Filtered)> {
-    let mut filtered = Filtered::new();
-    for name in API_FILESYSTEMS {
-        if let Some(Node::Dir(d)) = root.entries.get_mut(name.as_bytes()) {
-            for (child, node) in std::mem::take(&mut d.entries) {
-                *filtered.entry(String::from_utf8_lossy(&child).into_owned()).or_default() += count_entries(&node);
+pub fn convert(root: Dir) -> Result<(Dir, Filtered)> {
+    let (mut root, filtered) = filter(root)?;
+    if let Some(Node::Dir(usr_etc)) = root.entries.get_mut(b"usr".as_slice()).and_then(|u| match u {
+        Node::Dir(u) => u.entries.get_mut(b"etc".as_slice()),
+        _ => None,
+    }) {
+        for name in RUNTIME_INJECTED {
+            if matches!(usr_etc.entries.get(name.as_bytes()), Some(Node::File(f)) if f.size == 0) {
+                usr_etc.entries.remove(name.as_bytes());
             }
         }
     }
@@ -43,8 +46,33 @@ pub fn convert(mut root: Dir) -> Result<(Dir, Filtered)> {
             );
         }
     }
+    let kernels = tree::kernels(&root);
+    match kernels.len() {
+        0 => bail!("the image has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is this a bootc image?)"),
+        1 => {}
+        _ => bail!(
+            "the image has several kernels ({}) and no way to choose: a bootc image carries exactly one under /usr/lib/modules",
+            kernels.join(", ")
+        ),
+    }
+    Ok((root, filtered))
+}
+
+/// What ostree-ext's tar filter does to every layer: `/etc` becomes `/usr/etc` and the
+/// content of API filesystems is dropped.
+pub fn filter(mut root: Dir) -> Result<(Dir, Filtered)> {
+    let mut filtered = Filtered::new();
+    for name in API_FILESYSTEMS {
+        if let Some(Node::Dir(d)) = root.entries.get_mut(name.as_bytes()) {
+            for (child, node) in std::mem::take(&mut d.entries) {
+                *filtered.entry(String::from_utf8_lossy(&child).into_owned()).or_default() += count_entries(&node);
+            }
+        }
+    }
     if let Some(etc) = root.entries.remove(b"etc".as_slice()) {
-        let usr = match root.entries.entry(b"usr".to_vec()).or_insert_with(|| Node::Dir(Dir::default())) {
+        let usr = match root.entries.entry(b"usr".to_vec()).or_insert_with(|| {
+            Node::Dir(Dir { meta: crate::tree::Meta { mode: 0o755, ..Default::default() }, ..Dir::default() })
+        }) {
             Node::Dir(d) => d,
             _ => bail!("the image's /usr is not a directory"),
         };
@@ -56,25 +84,6 @@ pub fn convert(mut root: Dir) -> Result<(Dir, Filtered)> {
             (Node::Dir(_), Some(_)) => bail!("the image has both /etc and /usr/etc; ostree keeps /etc in /usr/etc, so only one may exist"),
             _ => bail!("the image's /etc is not a directory"),
         }
-    }
-    if let Some(Node::Dir(usr_etc)) = root.entries.get_mut(b"usr".as_slice()).and_then(|u| match u {
-        Node::Dir(u) => u.entries.get_mut(b"etc".as_slice()),
-        _ => None,
-    }) {
-        for name in RUNTIME_INJECTED {
-            if matches!(usr_etc.entries.get(name.as_bytes()), Some(Node::File(f)) if f.size == 0) {
-                usr_etc.entries.remove(name.as_bytes());
-            }
-        }
-    }
-    let kernels = tree::kernels(&root);
-    match kernels.len() {
-        0 => bail!("the image has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is this a bootc image?)"),
-        1 => {}
-        _ => bail!(
-            "the image has several kernels ({}) and no way to choose: a bootc image carries exactly one under /usr/lib/modules",
-            kernels.join(", ")
-        ),
     }
     Ok((root, filtered))
 }
@@ -127,22 +136,26 @@ pub struct CommitInfo<'a> {
     pub kernel: &'a str,
 }
 
-/// Writes the commit for a converted tree, points the image ref at it, and removes content
-/// objects the layers wrote but the tree does not use. Returns the commit checksum.
-pub fn commit(repo: &Repo, root: &Dir, info: &CommitInfo) -> Result<Checksum> {
+/// Writes, as ostree-ext's import leaves an image: a commit of each layer's own tree under
+/// `ostree/container/blob/<digest>` (bootc looks them up, and upgrades reuse them) and the
+/// commit of the converted merged tree under `ostree/container/image/<ref>`. Content objects
+/// no commit uses are removed. Returns the merged commit's checksum.
+pub fn commit(repo: &Repo, root: &Dir, layers: Vec<Dir>, info: &CommitInfo) -> Result<Checksum> {
+    let image = info.image;
+    anyhow::ensure!(layers.len() == image.layers.len(), "one tree per layer is needed");
     let mut used = HashSet::new();
+    let timestamp = image_timestamp(image);
+    let importer = || ("ostree.importer.version", Val::Str(format!("kiln {}", env!("CARGO_PKG_VERSION"))));
+    for (layer, own) in image.layers.iter().zip(layers) {
+        let (own, _) = filter(own)?;
+        let (tree, meta) = write_tree(repo, &own, "", &mut used)?;
+        let c = repo.write_metadata(Kind::Commit, &object::commit(dict_sv(vec![importer()]), timestamp, &tree, &meta))?;
+        repo.set_ref(&refescape::prefix_escape_for_ref("ostree/container/blob", &layer.descriptor.digest)?, &c)?;
+    }
     let (tree, meta) = write_tree(repo, root, "", &mut used)?;
     repo.remove_unused(&used)?;
 
-    let image = info.image;
     let labels = image.labels();
-    let created = serde_json::from_slice::<serde_json::Value>(&image.manifest_bytes)
-        .ok()
-        .and_then(|m| m["annotations"]["org.opencontainers.image.created"].as_str().map(str::to_string))
-        .or_else(|| {
-            serde_json::from_slice::<serde_json::Value>(&image.config_bytes).ok()?["created"].as_str().map(str::to_string)
-        });
-    let timestamp = created.as_deref().and_then(parse_rfc3339).unwrap_or(0);
     // ostree.tar-filtered (a{sa{su}}): ostree-ext keys it by layer; kiln filters the merged
     // tree, so everything is recorded under the top layer.
     let counts = Ty::DictEntry(Box::new(Ty::Str), Box::new(Ty::U32));
@@ -164,7 +177,7 @@ pub fn commit(repo: &Repo, root: &Dir, info: &CommitInfo) -> Result<Checksum> {
     let mut entries: Vec<(&str, Val)> = vec![
         ("ostree.bootable", Val::Bool(true)),
         ("ostree.container.image-config", Val::Str(String::from_utf8_lossy(&image.config_bytes).into_owned())),
-        ("ostree.importer.version", Val::Str(format!("kiln {}", env!("CARGO_PKG_VERSION")))),
+        importer(),
         ("ostree.linux", Val::Str(info.kernel.to_string())),
         ("ostree.manifest", Val::Str(String::from_utf8_lossy(&image.manifest_bytes).into_owned())),
         ("ostree.manifest-digest", Val::Str(image.manifest_digest.clone())),
@@ -177,6 +190,17 @@ pub fn commit(repo: &Repo, root: &Dir, info: &CommitInfo) -> Result<Checksum> {
     let commit = repo.write_metadata(Kind::Commit, &bytes)?;
     repo.set_ref(&refescape::prefix_escape_for_ref("ostree/container/image", info.target_transport_ref)?, &commit)?;
     Ok(commit)
+}
+
+/// The image's creation time (manifest annotation, else config), as ostree-ext dates its
+/// commits; 0 when the image does not say. (ostree-ext stamps layer commits with the time of
+/// the pull; kiln uses the image's time so the same image gives the same repository.)
+fn image_timestamp(image: &Image) -> u64 {
+    let created = serde_json::from_slice::<serde_json::Value>(&image.manifest_bytes)
+        .ok()
+        .and_then(|m| m["annotations"]["org.opencontainers.image.created"].as_str().map(str::to_string))
+        .or_else(|| serde_json::from_slice::<serde_json::Value>(&image.config_bytes).ok()?["created"].as_str().map(str::to_string));
+    created.as_deref().and_then(parse_rfc3339).unwrap_or(0)
 }
 
 /// Seconds since the epoch of an RFC 3339 time (`2023-11-14T22:13:20Z`, with optional

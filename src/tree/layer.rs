@@ -23,6 +23,9 @@ pub enum Change {
     Whiteout { path: Components },
     /// `.wh..wh..opq`: hides everything the lower layers have in this directory.
     Opaque { dir: Components },
+    /// A whiteout or opaque marker as the layer's tar holds it: an empty file, kept in the
+    /// layer's own tree (ostree-ext commits each layer as it is).
+    Marker { path: Components, file: super::File },
 }
 
 /// What one layer does.
@@ -54,25 +57,27 @@ pub fn read_layer(tar_stream: impl Read, store: &dyn ContentStore, what: &str) -
         }
         let path = components(&raw_path).with_context(at)?;
 
+        let meta = meta_of(&mut entry).with_context(at)?;
         // Whiteouts are named files; aufs' other `.wh..wh.` metadata is ignored as podman does.
         if let Some(name) = path.last() {
+            let marker = name.starts_with(WHITEOUT);
             if name.as_slice() == OPAQUE {
                 out.changes.push(Change::Opaque { dir: path[..path.len() - 1].to_vec() });
+            } else if name.starts_with(b".wh..wh.") {
                 continue;
-            }
-            if name.starts_with(b".wh..wh.") {
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
                 let mut p = path[..path.len() - 1].to_vec();
                 p.push(hidden.to_vec());
                 components_ok(&p).with_context(at)?;
                 out.changes.push(Change::Whiteout { path: p });
+            }
+            if marker {
+                let content = store.put(&path, &meta, 0, &mut std::io::empty()).with_context(at)?;
+                out.changes.push(Change::Marker { path, file: super::File { meta, size: 0, content } });
                 continue;
             }
         }
 
-        let meta = meta_of(&mut entry).with_context(at)?;
         use tar::EntryType as T;
         match kind {
             T::Directory => out.changes.push(Change::Dir { path, meta }),

@@ -19,15 +19,49 @@ pub struct Merger {
     pub root: Dir,
 }
 
+fn empty_root() -> Dir {
+    Dir { meta: Meta { mode: 0o755, ..Meta::default() }, ..Dir::default() }
+}
+
 impl Default for Merger {
     fn default() -> Self {
-        Merger { root: Dir { meta: Meta { mode: 0o755, ..Meta::default() }, ..Dir::default() } }
+        Merger { root: empty_root() }
+    }
+}
+
+/// Puts `node` at `path` in a layer's own tree: paths taken literally, missing directories
+/// made, no layer semantics.
+fn insert_literal(dir: &mut Dir, path: &[Vec<u8>], node: Node) {
+    let Some((name, parents)) = path.split_last() else {
+        if let Node::Dir(d) = node {
+            dir.meta = d.meta;
+        }
+        return;
+    };
+    let mut d = dir;
+    for c in parents {
+        let entry = d.entries.entry(c.clone()).or_insert_with(implicit_dir);
+        if !matches!(entry, Node::Dir(_)) {
+            *entry = implicit_dir();
+        }
+        d = match entry {
+            Node::Dir(x) => x,
+            _ => unreachable!(),
+        };
+    }
+    match (d.entries.get_mut(name), node) {
+        (Some(Node::Dir(existing)), Node::Dir(new)) => existing.meta = new.meta,
+        (_, node) => {
+            d.entries.insert(name.clone(), node);
+        }
     }
 }
 
 impl Merger {
-    /// Applies one layer; `what` names it in errors.
-    pub fn apply(&mut self, layer: LayerChanges, what: &str) -> Result<()> {
+    /// Applies one layer; `what` names it in errors. Returns the layer's own tree (its entries
+    /// and whiteout markers as its tar has them).
+    pub fn apply(&mut self, layer: LayerChanges, what: &str) -> Result<Dir> {
+        let mut own = empty_root();
         // Whiteouts and opaque markers act on the lower layers only, wherever they appear in
         // this layer's tar.
         for change in &layer.changes {
@@ -53,7 +87,9 @@ impl Merger {
             let at = |p: &Components| format!("{what}: entry {:?}", display(p));
             match change {
                 Change::Whiteout { .. } | Change::Opaque { .. } => {}
+                Change::Marker { path, file } => insert_literal(&mut own, &path, Node::File(file)),
                 Change::Dir { path, meta } => {
+                    insert_literal(&mut own, &path, Node::Dir(Dir { meta: meta.clone(), ..Dir::default() }));
                     if path.is_empty() {
                         self.root.meta = meta;
                         continue;
@@ -67,18 +103,23 @@ impl Merger {
                     }
                 }
                 Change::File { path, meta, size, content } => {
-                    self.put(&path, Node::File(File { meta, size, content }), &at(&path))?
+                    let node = Node::File(File { meta, size, content });
+                    insert_literal(&mut own, &path, node.clone());
+                    self.put(&path, node, &at(&path))?
                 }
                 Change::Symlink { path, meta, target } => {
-                    self.put(&path, Node::Symlink(super::Symlink { meta, target }), &at(&path))?
+                    let node = Node::Symlink(super::Symlink { meta, target });
+                    insert_literal(&mut own, &path, node.clone());
+                    self.put(&path, node, &at(&path))?
                 }
                 Change::Hardlink { path, target } => {
                     let node = self.link_target(&target, &at(&path))?;
+                    insert_literal(&mut own, &path, node.clone());
                     self.put(&path, node, &at(&path))?
                 }
             }
         }
-        Ok(())
+        Ok(own)
     }
 
     fn put(&mut self, path: &Components, node: Node, at: &str) -> Result<()> {

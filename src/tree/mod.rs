@@ -88,6 +88,8 @@ impl ContentStore for DiscardStore {
 /// The merged tree of an image and what applying it skipped.
 pub struct Merged {
     pub root: Dir,
+    /// Each layer's own tree, in order (what ostree-ext commits per layer).
+    pub layers: Vec<Dir>,
     /// Device nodes and FIFOs left out (an ostree commit cannot hold them).
     pub skipped: Vec<String>,
     /// Bytes of file content the layers carried (including content later layers removed).
@@ -132,6 +134,7 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
         }
         let mut merger = merge::Merger::default();
         let mut skipped = Vec::new();
+        let mut layers = Vec::new();
         let mut content_bytes = 0;
         for i in 0..count {
             let changes = {
@@ -158,12 +161,15 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
             skipped.extend(changes.skipped.iter().cloned());
             content_bytes += changes.content_bytes;
             let what = format!("{}: {}", image.describe(), image.layers[i].describe(count));
-            if let Err(e) = merger.apply(changes, &what) {
-                failed.store(true, Ordering::SeqCst);
-                return Err(e);
+            match merger.apply(changes, &what) {
+                Ok(own) => layers.push(own),
+                Err(e) => {
+                    failed.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
             }
         }
-        Ok(Merged { root: merger.root, skipped, content_bytes })
+        Ok(Merged { root: merger.root, layers, skipped, content_bytes })
     })?;
     stage.finish();
     if !merged.skipped.is_empty() {
