@@ -333,3 +333,38 @@ fn qcow2_and_vmdk_outputs_boot() {
     }
     no_leftovers(s.path());
 }
+
+/// A bootable-looking image with the given extra files, for the ostree stage's bad input.
+fn tiny_image(s: &Scratch, files: &[(&str, &str)]) -> String {
+    let mut t = RawTar::default()
+        .dir("usr/")
+        .dir("usr/lib/")
+        .file("usr/lib/os-release", "PRETTY_NAME=\"Tiny\"\n")
+        .dir("usr/lib/modules/")
+        .dir("usr/lib/modules/6.1.0-a/")
+        .file("usr/lib/modules/6.1.0-a/vmlinuz", "kernel")
+        .file("usr/lib/modules/6.1.0-a/initramfs.img", "initramfs");
+    for (path, content) in files {
+        t = t.file(path, content);
+    }
+    write_layout(&s.path().join("layout"), &[LayerBlob { tar: t.finish(), gzip: true }], json!({"containers.bootc": "1"}), "amd64")
+}
+
+#[test]
+fn the_ostree_stage_refuses_what_bootc_would() {
+    let s = Scratch::new("bake-two-kernels");
+    let img = tiny_image(&s, &[("usr/lib/modules/6.2.0-b/vmlinuz", "other kernel")]);
+    bake_fails(&s, &img, &["--rootfs", "ext4"], &["several kernels", "6.1.0-a", "6.2.0-b"]);
+
+    let s = Scratch::new("bake-boot-not-empty");
+    let img = tiny_image(&s, &[("boot/vmlinuz", "stray")]);
+    bake_fails(&s, &img, &["--rootfs", "ext4"], &["/boot is not empty", "vmlinuz"]);
+
+    let s = Scratch::new("bake-bad-kargs");
+    let img = tiny_image(&s, &[("usr/lib/bootc/kargs.d/50-broken.toml", "kargs = \"not a list\"\n")]);
+    bake_fails(&s, &img, &["--rootfs", "ext4"], &["/usr/lib/bootc/kargs.d/50-broken.toml"]);
+
+    let s = Scratch::new("bake-bad-install-config");
+    let img = tiny_image(&s, &[("usr/lib/bootc/install/00-broken.toml", "[install\n")]);
+    bake_fails(&s, &img, &[], &["/usr/lib/bootc/install/00-broken.toml"]);
+}

@@ -156,3 +156,20 @@ fn test_image_commit_and_deployment_satisfy_ostree() {
     ours.hardlinks = theirs.hardlinks.clone();
     assert_same(&ours, &theirs, "ostree checkout of kiln's commit vs umoci");
 }
+
+#[test]
+fn a_sysroot_with_a_deployment_is_refused() {
+    let s = Scratch::new("ostree-existing");
+    let input = s.path().join("input");
+    sample_tree(&input);
+    let sysroot = s.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("boot")).unwrap();
+    let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG).unwrap();
+    let (root, _) = ostree::convert(tree::from_dir::from_dir(&input, &repo).unwrap()).unwrap();
+    let (tree, meta) = ostree::commit::write_tree(&repo, &root, "", &mut HashSet::new()).unwrap();
+    let commit = repo.write_metadata(object::Kind::Commit, &object::commit(ostree::gvariant::dict_sv(vec![]), 0, &tree, &meta)).unwrap();
+    let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &[], version: None, image: "x/y:z" };
+    ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap();
+    let err = ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap_err().to_string();
+    assert!(err.contains("already holds a deployment") && err.contains("--stateroot"), "{err}");
+}
