@@ -111,7 +111,9 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
         disk::mkfs::check_supported(fs)?;
     }
     let disk_size = args.size.as_deref().map(parse_size).transpose()?;
-    let scan = if args.rootfs.is_none() || disk_size.is_none() {
+    // The root filesystem type comes from the image's install configuration unless given;
+    // reading it takes a pass over the layers.
+    let scan = if args.rootfs.is_none() {
         let s = tree::scan::scan(&image, &kargs::wanted, progress)?;
         if tree::kernels(&s.root).is_empty() {
             bail!("{} has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is it a bootc image?)", image.describe());
@@ -132,8 +134,12 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     };
     disk::mkfs::check_supported(&rootfs)?;
     let layout = Layout::load(args.layout.as_deref().unwrap_or(&platform.arch.default_layout))?;
-    // Without a scan (--rootfs and --size given) the layer sizes bound the content from below.
-    let content = scan.as_ref().map_or_else(|| image.layers.iter().map(|l| l.descriptor.size).sum(), |s| s.content_bytes);
+    let content = match (&scan, disk_size) {
+        (Some(s), _) => s.content_bytes,
+        // With --size only a lower bound is needed to refuse a disk too small.
+        (None, Some(_)) => image.layers.iter().map(|l| l.descriptor.size).sum(),
+        (None, None) => image.uncompressed_size()?,
+    };
     let (root_size, root_min) = disk::root_size(content);
     let ids = Ids::from_seed(args.seed.as_deref());
     let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;

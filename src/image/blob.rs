@@ -275,6 +275,11 @@ impl Read for ChunkReader {
     }
 }
 
+/// Reads a stream to its end, counting its bytes.
+pub fn count(mut r: impl Read) -> io::Result<u64> {
+    io::copy(&mut r, &mut io::sink())
+}
+
 /// Reads a stream to its end (so that a verifying reader sees the whole blob), discarding it.
 pub fn drain(mut r: impl Read) -> io::Result<()> {
     io::copy(&mut r, &mut io::sink()).map(|_| ())

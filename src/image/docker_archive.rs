@@ -130,6 +130,10 @@ impl Transport for DockerArchive {
         Ok(Box::new(f.take(size)))
     }
 
+    fn blob_location(&self, desc: &Descriptor) -> Option<(PathBuf, u64)> {
+        self.blobs.get(&desc.digest).map(|(off, _)| (self.file.clone(), *off))
+    }
+
     fn describe(&self) -> String {
         self.what.clone()
     }

@@ -37,6 +37,11 @@ pub(crate) trait Transport: Send + Sync {
     }
     /// A blob's bytes, not yet verified (the caller verifies).
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>>;
+    /// Where a blob's bytes lie in a local file (path, offset), for reading parts of it;
+    /// None when the transport cannot say.
+    fn blob_location(&self, _desc: &Descriptor) -> Option<(PathBuf, u64)> {
+        None
+    }
     /// Makes blobs local ahead of use (registries download them, in parallel, into the cache).
     fn prefetch(&self, _descs: &[Descriptor], _progress: &Progress) -> Result<()> {
         Ok(())
@@ -215,6 +220,41 @@ impl Image {
             Box::new(blob::Verified::new(tar, &layer.diff_id, None, format!("{what}: uncompressed tar (diff_id)")))
         };
         Ok(Box::new(blob::pipelined(stream)))
+    }
+
+    /// The size of layer `i`'s uncompressed tar, if known without decompressing it: an
+    /// uncompressed layer's own size, or a gzip layer's trailer (its size modulo 4 GiB, trusted
+    /// only when it is larger than the compressed size: a multi-member stream's last trailer
+    /// covers only its last member).
+    pub fn uncompressed_size_hint(&self, i: usize) -> Option<u64> {
+        let d = &self.layers[i].descriptor;
+        let (path, offset) = self.transport.blob_location(d)?;
+        let f = std::fs::File::open(path).ok()?;
+        use std::os::unix::fs::FileExt;
+        let mut head = [0u8; 4];
+        f.read_exact_at(&mut head, offset).ok()?;
+        match blob::Compression::detect(&d.media_type, &head) {
+            blob::Compression::None => Some(d.size),
+            blob::Compression::Gzip => {
+                let mut tail = [0u8; 4];
+                f.read_exact_at(&mut tail, offset + d.size - 4).ok()?;
+                Some(u32::from_le_bytes(tail) as u64).filter(|&n| n > d.size)
+            }
+            blob::Compression::Zstd => None,
+        }
+    }
+
+    /// The total size of the layers' uncompressed tars: hints where there are, counting the
+    /// other layers by decompressing them.
+    pub fn uncompressed_size(&self) -> Result<u64> {
+        let mut total = 0;
+        for i in 0..self.layers.len() {
+            total += match self.uncompressed_size_hint(i) {
+                Some(n) => n,
+                None => blob::count(self.layer_tar(i, None)?).with_context(|| self.layers[i].describe(self.layers.len()))?,
+            };
+        }
+        Ok(total)
     }
 
     /// Why this image cannot be baked, judged from its labels (the kernel is checked on the

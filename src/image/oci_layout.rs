@@ -125,6 +125,15 @@ impl Transport for Layout {
             .with_context(|| format!("blob {} is missing from the layout", desc.digest))
     }
 
+    fn blob_location(&self, desc: &Descriptor) -> Option<(PathBuf, u64)> {
+        let (algo, hex) = desc.digest.split_once(':')?;
+        let name = format!("blobs/{algo}/{hex}");
+        match &self.files {
+            Files::Dir(dir) => Some((dir.join(name), 0)),
+            Files::Archive(file, members) => members.get(&name).map(|(off, _)| (file.clone(), *off)),
+        }
+    }
+
     fn describe(&self) -> String {
         self.what.clone()
     }

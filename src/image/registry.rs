@@ -263,6 +263,11 @@ impl Transport for Registry {
         Ok(Box::new(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?))
     }
 
+    fn blob_location(&self, desc: &Descriptor) -> Option<(PathBuf, u64)> {
+        let p = cache::blob_path(&self.cache_dir, &desc.digest);
+        p.exists().then_some((p, 0))
+    }
+
     fn prefetch(&self, descs: &[Descriptor], progress: &Progress) -> Result<()> {
         let missing: Vec<&Descriptor> =
             descs.iter().filter(|d| !cache::blob_path(&self.cache_dir, &d.digest).exists()).collect();
