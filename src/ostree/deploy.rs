@@ -170,7 +170,31 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
         "selinux": "disabled",
     });
     write_file(&sysroot.join(".bootc-aleph.json"), serde_json::to_string(&aleph)?.as_bytes())?;
+    // ostree makes a deployment's root immutable, so that nothing but ostree adds or removes
+    // entries at the top of the booted system.
+    set_immutable(&dir, true)?;
     Ok(Deployment { dir, kver, bootcsum, entry })
+}
+
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+
+/// Sets or clears a directory's immutable attribute (`chattr +i`).
+pub fn set_immutable(dir: &Path, on: bool) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let f = fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let mut flags: libc::c_long = 0;
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("reading the attributes of {}", dir.display()));
+        }
+        flags = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
+        if libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS, &flags) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("making {} immutable", dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Checks out `dir` into `dest` (existing): directories with their metadata, files and

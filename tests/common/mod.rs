@@ -72,7 +72,12 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if std::env::var_os("KILN_KEEP_SCRATCH").is_none() {
+        if std::env::var_os("KILN_KEEP_SCRATCH").is_none() && std::fs::remove_dir_all(&self.0).is_err() {
+            // Deployment roots are immutable, as ostree leaves them.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("find {} -path '*/ostree/deploy/*/deploy/*.0' -prune -exec chattr -i {{}} +", self.0.display()))
+                .status();
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
