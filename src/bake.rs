@@ -150,7 +150,11 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     table::create_image(raw, &plan)?;
     let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
     std::fs::create_dir_all(workdir.path())?;
-    let sysroot = Sysroot::create(raw, &plan, workdir.path())?;
+    let sysroot = if ids.is_seeded() {
+        Sysroot::create_staged(raw, &plan, workdir.path())?
+    } else {
+        Sysroot::create(raw, &plan, workdir.path())?
+    };
     stage.finish();
     interrupt::check()?;
 

@@ -51,13 +51,21 @@ pub fn mount_options(fs: &str) -> &'static str {
     }
 }
 
-/// Makes a filesystem of type `fs` on `device`.
-pub fn format(device: &Path, fs: &str, label: &str, uuid: &str) -> Result<()> {
+/// Makes a filesystem of type `fs` on `device`; with `content`, filled in userspace with that
+/// directory's tree (ext4 only: `mke2fs -d`).
+pub fn format(device: &Path, fs: &str, label: &str, uuid: &str, content: Option<&Path>) -> Result<()> {
     let m = MKFS.iter().find(|m| m.fs == fs).with_context(|| format!("unknown filesystem type {fs:?}"))?;
     if label.len() > m.max_label {
         bail!("label {label:?} is longer than {fs} allows ({} bytes)", m.max_label);
     }
-    let args: Vec<String> = m.args.iter().map(|a| a.replace("@LABEL@", label).replace("@UUID@", uuid)).collect();
+    let mut args: Vec<String> = m.args.iter().map(|a| a.replace("@LABEL@", label).replace("@UUID@", uuid)).collect();
+    if let Some(dir) = content {
+        if fs != "ext4" {
+            bail!("kiln fills only ext4 filesystems in userspace, not {fs}");
+        }
+        args.push("-d".into());
+        args.push(dir.display().to_string());
+    }
     let out = Command::new(m.tool)
         .args(&args)
         .arg(device)
@@ -70,6 +78,37 @@ pub fn format(device: &Path, fs: &str, label: &str, uuid: &str) -> Result<()> {
         })?;
     if !out.status.success() {
         bail!("{} {} failed: {}", m.tool, device.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Sets every used inode's access, change and creation times to 0 and marks `immutable` paths immutable (chattr +i),
+/// with debugfs on an unmounted ext4 filled by `mke2fs -d`, whose inodes are numbered in
+/// order from the first non-reserved one. (mke2fs copies times from the files it reads,
+/// which the kernel stamped with the clock.)
+pub fn settle_ext4(device: &Path, immutable: &[String]) -> Result<()> {
+    let stats = Command::new("debugfs").arg("-R").arg("stats").arg(device).output().context("cannot run debugfs (e2fsprogs)")?;
+    let text = String::from_utf8_lossy(&stats.stdout);
+    let field = |name: &str| -> Option<u64> { text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()) };
+    let (Some(count), Some(free)) = (field("Inode count:"), field("Free inodes:")) else {
+        bail!("debugfs could not read the filesystem on {}", device.display());
+    };
+    let mut cmds = String::new();
+    for ino in std::iter::once(2).chain(11..=count - free) {
+        for f in ["atime", "ctime", "crtime"] {
+            cmds += &format!("sif <{ino}> {f} 0\n");
+        }
+    }
+    for path in immutable {
+        cmds += &format!("sif \"{path}\" flags 0x80010\n");
+    }
+    let script = std::env::temp_dir().join(format!("kiln-debugfs-{}", std::process::id()));
+    std::fs::write(&script, cmds)?;
+    let out = Command::new("debugfs").arg("-w").arg("-f").arg(&script).arg(device).env("E2FSPROGS_FAKE_TIME", "1").output();
+    let _ = std::fs::remove_file(&script);
+    let out = out.context("cannot run debugfs")?;
+    if !out.status.success() {
+        bail!("debugfs on {} failed: {}", device.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

@@ -15,19 +15,31 @@ use super::loopdev::LoopDevice;
 use super::mkfs;
 
 pub struct Sysroot {
-    /// Where the root filesystem is mounted.
+    /// Where the root filesystem is mounted (or staged).
     pub root: PathBuf,
     /// Mount points, in mount order.
     mounts: Vec<PathBuf>,
     /// Kept open until after the unmounts.
     loops: Vec<LoopDevice>,
+    /// Set when the filesystems are staged in directories and made at the end.
+    staged: Option<Staged>,
+}
+
+/// The reproducible way (`--seed`): the sysroot is written to plain directories, and the
+/// filesystems are made from them in userspace (`mke2fs -d`) when it is closed, their times
+/// then set to 0. The kernel's allocator and clock play no part, so the same input gives the
+/// same bytes. It costs a second copy of the data, so it is only used when asked for.
+struct Staged {
+    image: PathBuf,
+    plan: Plan,
+    workdir: PathBuf,
 }
 
 impl Sysroot {
     /// Makes the root and /boot filesystems of `plan` inside `image` and mounts them under
     /// `workdir` (which must exist and be empty).
     pub fn create(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
-        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new() };
+        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None };
         s.attach_format_mount(image, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
@@ -37,10 +49,31 @@ impl Sysroot {
         Ok(s)
     }
 
+    /// Like [`Sysroot::create`], but reproducible (see [`Staged`]); ext4 only.
+    pub fn create_staged(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+        for p in plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot)) {
+            if p.filesystem.as_deref() != Some("ext4") {
+                anyhow::bail!(
+                    "--seed makes byte-identical disks with ext4 filesystems only (partition {} is {}): use --rootfs ext4, or leave out --seed",
+                    p.name,
+                    p.filesystem.as_deref().unwrap_or("none")
+                );
+            }
+        }
+        let root = workdir.join("root");
+        std::fs::create_dir_all(root.join("boot"))?;
+        Ok(Sysroot {
+            root,
+            mounts: Vec::new(),
+            loops: Vec::new(),
+            staged: Some(Staged { image: image.to_path_buf(), plan: plan.clone(), workdir: workdir.to_path_buf() }),
+        })
+    }
+
     fn attach_format_mount(&mut self, image: &Path, part: &Partition, at: &Path) -> Result<()> {
         let fs = part.filesystem.as_deref().context("partition without a filesystem")?;
         let dev = LoopDevice::attach(image, part.offset, part.size)?;
-        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid)
+        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
         Mount::builder()
             .fstype(fs)
@@ -55,7 +88,14 @@ impl Sysroot {
     /// Unmounts everything (flushing the filesystems) and detaches the loop devices,
     /// reporting a failure to unmount.
     pub fn close(mut self) -> Result<()> {
-        self.unmount_all(false)
+        match self.staged.take() {
+            Some(st) => {
+                let result = st.make_filesystems(&self.root);
+                st.remove();
+                result
+            }
+            None => self.unmount_all(false),
+        }
     }
 
     fn unmount_all(&mut self, lazy: bool) -> Result<()> {
@@ -103,5 +143,84 @@ fn syncfs(dir: &Path) -> Result<()> {
 impl Drop for Sysroot {
     fn drop(&mut self) {
         let _ = self.unmount_all(true);
+        if let Some(st) = self.staged.take() {
+            st.remove();
+        }
+    }
+}
+
+fn settle_mtimes(dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let set = |p: &Path| -> Result<()> {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+        let t = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            anyhow::bail!("cannot set the times of {}: {}", p.display(), std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let md = std::fs::symlink_metadata(&p)?;
+        if md.is_dir() {
+            settle_mtimes(&p)?;
+        }
+        if md.mtime() != 0 {
+            set(&p)?;
+        }
+    }
+    // A directory last, after its entries changed it.
+    if std::fs::symlink_metadata(dir)?.mtime() != 0 {
+        set(dir)?;
+    }
+    Ok(())
+}
+
+impl Staged {
+    fn make_filesystems(&self, root: &Path) -> Result<()> {
+        // Deployment roots are immutable (as ostree leaves them): cleared for the copy, set
+        // again in the new filesystem.
+        let mut immutable = Vec::new();
+        let deploy = root.join("ostree/deploy");
+        for stateroot in std::fs::read_dir(&deploy).into_iter().flatten().flatten() {
+            for d in std::fs::read_dir(stateroot.path().join("deploy")).into_iter().flatten().flatten() {
+                if d.path().is_dir() {
+                    crate::ostree::deploy::set_immutable(&d.path(), false)?;
+                    immutable.push(format!("/{}", d.path().strip_prefix(root).unwrap().display()));
+                }
+            }
+        }
+        let mut parts = vec![(self.plan.root().clone(), root.to_path_buf(), immutable)];
+        if let Some(boot) = self.plan.part(Role::Boot) {
+            let boot_dir = self.workdir.join("boot");
+            std::fs::rename(root.join("boot"), &boot_dir)?;
+            std::fs::create_dir(root.join("boot"))?;
+            parts.push((boot.clone(), boot_dir, Vec::new()));
+        }
+        // Modification times kiln did not set (directories written into, the repository's
+        // own) become 1 second past the epoch; 0 is what ostree gives content, and a sysroot
+        // whose ostree/deploy has mtime 0 looks "not loaded" to libostree.
+        for (_, dir, _) in &parts {
+            settle_mtimes(dir)?;
+        }
+        for (part, dir, immutable) in parts {
+            let dev = LoopDevice::attach(&self.image, part.offset, part.size)?;
+            mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir))
+                .with_context(|| format!("making the filesystem of partition {}", part.name))?;
+            mkfs::settle_ext4(&dev.path, &immutable)?;
+            dev.flush()?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self) {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("chattr -i {}/root/ostree/deploy/*/deploy/*.0 2>/dev/null", self.workdir.display()))
+            .status();
+        for d in ["root", "boot"] {
+            let _ = std::fs::remove_dir_all(self.workdir.join(d));
+        }
     }
 }
