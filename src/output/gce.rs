@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use super::parallel::map_ordered;
 use super::rawdisk::RawDisk;
+use super::tar_header::{file_header, TarFormat};
 use crate::progress::Stage;
 
 const GIB: u64 = 1 << 30;
@@ -21,7 +22,7 @@ pub fn write(raw: &RawDisk, dest: &Path, stage: &Stage) -> Result<()> {
     let size = raw.size.div_ceil(GIB) * GIB;
     let gpt = Relocated::read(raw, size)?;
     let mut out = BufWriter::with_capacity(1 << 20, File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?);
-    let header = oldgnu_header("disk.raw", size);
+    let header = file_header("disk.raw", size, TarFormat::OldGnu);
     let data_end = 512 + size;
     // Tar: header, data, padding to the record size (20 blocks of 512) with two zero blocks.
     let total = (data_end + 1024).div_ceil(10240) * 10240;
@@ -74,30 +75,6 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(e.finish()?)
 }
 
-/// A tar header in GNU's old format (`ustar  \0` magic); sizes past 8 GiB in base-256.
-fn oldgnu_header(name: &str, size: u64) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    if size < 1 << 33 {
-        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    } else {
-        h[124] = 0x80;
-        h[128..136].copy_from_slice(&size.to_be_bytes());
-    }
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = b'0';
-    h[257..265].copy_from_slice(b"ustar  \0");
-    h[265..269].copy_from_slice(b"root");
-    h[297..301].copy_from_slice(b"root");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
-}
-
 /// The disk's GPT rewritten for a larger disk: the protective MBR and primary header updated,
 /// the old backup cleared, a new backup (entries and header) at the new end.
 struct Relocated {
@@ -127,8 +104,10 @@ impl Relocated {
         let put = |h: &mut Vec<u8>, at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_le_bytes());
         let seal = |h: &mut Vec<u8>| {
             h[16..20].fill(0);
-            let c = crc32(&h[..hsize]);
-            h[16..20].copy_from_slice(&c.to_le_bytes());
+            // GPT headers carry a CRC-32 (IEEE), the same one gzip uses.
+            let mut crc = flate2::Crc::new();
+            crc.update(&h[..hsize]);
+            h[16..20].copy_from_slice(&crc.sum().to_le_bytes());
         };
         put(&mut primary, 32, last);
         put(&mut primary, 48, last - entry_sectors - 1);
@@ -164,16 +143,4 @@ impl Relocated {
             }
         }
     }
-}
-
-/// CRC-32 (IEEE), as GPT headers carry it.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
-        }
-    }
-    !c
 }

@@ -8,6 +8,7 @@ mod ova;
 mod parallel;
 mod qcow2;
 mod rawdisk;
+mod tar_header;
 mod vhd;
 mod vmdk;
 

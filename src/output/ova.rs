@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::rawdisk::RawDisk;
+use super::tar_header::{file_header, TarFormat};
 use super::vmdk;
 use crate::progress::Stage;
 
@@ -67,13 +68,13 @@ pub fn write(raw: &RawDisk, dest: &Path, opts: &OvaOptions, stage: &Stage) -> Re
 
     file.seek(SeekFrom::Start(0))?;
     let mut head = Vec::new();
-    head.extend_from_slice(&ustar_header(OVF, ovf.len() as u64));
+    head.extend_from_slice(&file_header(OVF, ovf.len() as u64, TarFormat::Ustar));
     head.extend_from_slice(&ovf);
     head.resize(padded_to(head.len() as u64, 512) as usize, 0);
-    head.extend_from_slice(&ustar_header(MF, mf.len() as u64));
+    head.extend_from_slice(&file_header(MF, mf.len() as u64, TarFormat::Ustar));
     head.extend_from_slice(mf.as_bytes());
     head.resize(padded_to(head.len() as u64, 512) as usize, 0);
-    head.extend_from_slice(&ustar_header(VMDK, vmdk_len));
+    head.extend_from_slice(&file_header(VMDK, vmdk_len, TarFormat::Ustar));
     debug_assert_eq!(head.len() as u64, vmdk_at);
     file.write_all(&head)?;
     Ok(())
@@ -89,30 +90,6 @@ fn padded_to(n: u64, to: u64) -> u64 {
 
 fn manifest_line(name: &str, sha: &[u8; 32]) -> String {
     format!("SHA256({name})= {}\n", hex::encode(sha))
-}
-
-/// A ustar header; a member over 8 GiB gets its size in GNU base-256, which tar readers
-/// (and vSphere's) accept where the octal field cannot hold it.
-fn ustar_header(name: &str, size: u64) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    if size < 1 << 33 {
-        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    } else {
-        h[124] = 0x80;
-        h[128..136].copy_from_slice(&size.to_be_bytes());
-    }
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = b'0';
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
 }
 
 fn xml_escape(s: &str) -> String {
