@@ -90,20 +90,20 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
 
     // The checkout: every file a hardlink to its object.
     fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    checkout(repo, root, &dir)?;
+    write_tree(repo, root, &dir, Place::Link)?;
     fsmeta::set_path(&dir, &root.meta, false, Some(0))?;
 
     // /etc: a copy of /usr/etc that the admin may edit.
     if let Some(Node::Dir(usr_etc)) = root.get_path("usr/etc") {
         let etc = dir.join("etc");
         fs::create_dir(&etc)?;
-        copy_tree(repo, usr_etc, &etc)?;
+        write_tree(repo, usr_etc, &etc, Place::Copy)?;
         fsmeta::set_path(&etc, &usr_etc.meta, false, Some(0))?;
     }
     // The stateroot's /var starts as a copy of the image's.
     if let Some(Node::Dir(var)) = root.get_path("var") {
         let state_var = stateroot_dir.join("var");
-        copy_tree(repo, var, &state_var)?;
+        write_tree(repo, var, &state_var, Place::Copy)?;
         fsmeta::set_path(&state_var, &var.meta, false, Some(0))?;
     }
     write_file(&deploy_root.join(format!("{name}.origin")), format!("[origin]\ncontainer-image-reference={}\n", opts.origin).as_bytes())?;
@@ -197,21 +197,41 @@ pub fn set_immutable(dir: &Path, on: bool) -> Result<()> {
     Ok(())
 }
 
-/// Checks out `dir` into `dest` (existing): directories with their metadata, files and
-/// symlinks as hardlinks to their objects, mtimes 0 as ostree's.
-fn checkout(repo: &Repo, dir: &Dir, dest: &Path) -> Result<()> {
+/// How a tree's files land in the sysroot.
+#[derive(Clone, Copy)]
+enum Place {
+    /// Hardlinks to their repository objects: the deployment's read-only checkout.
+    Link,
+    /// New files with the objects' bytes: /etc and /var, which the running system changes.
+    Copy,
+}
+
+/// Writes `dir` into `dest` (existing), directories with their metadata and, like ostree's
+/// checkouts, every mtime 0.
+fn write_tree(repo: &Repo, dir: &Dir, dest: &Path, place: Place) -> Result<()> {
     for (name, node) in &dir.entries {
         let p = dest.join(std::ffi::OsStr::from_bytes(name));
-        match node {
-            Node::Dir(d) => {
+        match (node, place) {
+            (Node::Dir(d), _) => {
                 fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
-                checkout(repo, d, &p)?;
+                write_tree(repo, d, &p, place)?;
                 fsmeta::set_path(&p, &d.meta, false, Some(0))?;
             }
-            Node::File(f) => link(&repo.object_path(&f.content, Kind::File), &p)?,
-            Node::Symlink(s) => {
+            (Node::File(f), Place::Link) => link(&repo.object_path(&f.content, Kind::File), &p)?,
+            (Node::Symlink(s), Place::Link) => {
                 let target = std::str::from_utf8(&s.target)?;
                 link(&repo.object_path(&repo.write_symlink(&s.meta, target)?, Kind::File), &p)?
+            }
+            (Node::File(f), Place::Copy) => {
+                let mut out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p)
+                    .with_context(|| format!("cannot create {}", p.display()))?;
+                std::io::copy(&mut fs::File::open(repo.object_path(&f.content, Kind::File))?, &mut out)
+                    .with_context(|| format!("writing {}", p.display()))?;
+                fsmeta::set_fd(&out, &f.meta, Some(0))?;
+            }
+            (Node::Symlink(s), Place::Copy) => {
+                symlink(std::ffi::OsStr::from_bytes(&s.target), &p)?;
+                fsmeta::set_path(&p, &Meta { mode: 0o777, ..s.meta.clone() }, true, Some(0))?;
             }
         }
     }
@@ -220,32 +240,6 @@ fn checkout(repo: &Repo, dir: &Dir, dest: &Path) -> Result<()> {
 
 fn link(object: &Path, at: &Path) -> Result<()> {
     fs::hard_link(object, at).with_context(|| format!("cannot link {} to {}", at.display(), object.display()))
-}
-
-/// Copies `dir` into `dest` (existing) as new files, reading file bytes from the repository.
-fn copy_tree(repo: &Repo, dir: &Dir, dest: &Path) -> Result<()> {
-    for (name, node) in &dir.entries {
-        let p = dest.join(std::ffi::OsStr::from_bytes(name));
-        match node {
-            Node::Dir(d) => {
-                fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
-                copy_tree(repo, d, &p)?;
-                fsmeta::set_path(&p, &d.meta, false, Some(0))?;
-            }
-            Node::File(f) => {
-                let mut out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p)
-                    .with_context(|| format!("cannot create {}", p.display()))?;
-                std::io::copy(&mut fs::File::open(repo.object_path(&f.content, Kind::File))?, &mut out)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                fsmeta::set_fd(&out, &f.meta, Some(0))?;
-            }
-            Node::Symlink(s) => {
-                symlink(std::ffi::OsStr::from_bytes(&s.target), &p)?;
-                fsmeta::set_path(&p, &Meta { mode: 0o777, ..s.meta.clone() }, true, Some(0))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Copies a file keeping its mode (as ostree copies the kernel into /boot).
