@@ -21,16 +21,11 @@ pub struct Arch {
     pub firmware: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Platform {
     pub arch: Arch,
     pub bootloader: BootloaderPlatform,
-}
-
-#[derive(Deserialize)]
-struct PlatformFile {
-    arch: Arch,
-    bootloader: BootloaderPlatform,
 }
 
 impl Platform {
@@ -40,8 +35,7 @@ impl Platform {
             let known: Vec<&str> = PLATFORMS.iter().map(|(a, _)| *a).collect();
             bail!("kiln has no platform for {arch} images yet (known: {})", known.join(", "));
         };
-        let file: PlatformFile = toml::from_str(text).with_context(|| format!("the built-in platform file for {arch}"))?;
-        Ok(Platform { arch: file.arch, bootloader: file.bootloader })
+        toml::from_str(text).with_context(|| format!("the built-in platform file for {arch}"))
     }
 }
 
