@@ -45,7 +45,9 @@ mod tests {
     fn builtin_platforms_parse() {
         let p = super::Platform::for_oci_arch("amd64").unwrap();
         assert_eq!(p.arch.kernel, "x86_64");
-        assert!(p.bootloader.bios.is_some() && p.bootloader.uefi.is_some());
+        assert_eq!(p.bootloader.grub_dir, "grub2");
+        assert!(p.bootloader.bios.unwrap().core_modules.iter().any(|m| m == "biosdisk"));
+        assert_eq!(p.bootloader.uefi.unwrap().shim, "shimx64.efi");
         assert!(super::Platform::for_oci_arch("mips").is_err());
     }
 }

@@ -1,9 +1,6 @@
 //! The `[bootloader]` part of a platform file (`platforms/<arch>.toml`): which of the image's
 //! files make each firmware's bootloader. Nothing here is hard-coded in the installer.
 
-use std::path::Path;
-
-use anyhow::{Context, Result};
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -62,36 +59,4 @@ pub struct BiosPlatform {
     pub core_modules: Vec<String>,
     /// Packages whose versions describe the BIOS bootloader when `BIOS.json` is absent.
     pub packages: Vec<String>,
-}
-
-/// A platform file: only its `[bootloader]` table is read, so this takes both the merged
-/// `platforms/<arch>.toml` and the separate `<arch>.bootloader.toml`.
-#[derive(Deserialize)]
-struct PlatformFile {
-    bootloader: Option<BootloaderPlatform>,
-}
-
-impl BootloaderPlatform {
-    pub fn from_toml(text: &str) -> Result<BootloaderPlatform> {
-        let file: PlatformFile = toml::from_str(text)?;
-        file.bootloader.context("no [bootloader] table")
-    }
-
-    pub fn load(path: &Path) -> Result<BootloaderPlatform> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn x86_64_platform_parses() {
-        let platform = BootloaderPlatform::from_toml(include_str!("../../platforms/x86_64.toml")).unwrap();
-        assert_eq!(platform.grub_dir, "grub2");
-        assert!(platform.bios.unwrap().core_modules.iter().any(|m| m == "biosdisk"));
-        assert_eq!(platform.uefi.unwrap().shim, "shimx64.efi");
-    }
 }

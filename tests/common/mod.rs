@@ -52,6 +52,24 @@ pub fn test_image() -> &'static Path {
 
 /// A fresh scratch directory for one test, under the system temp dir (large files live here,
 /// outside the repository). Removed when dropped unless KILN_KEEP_SCRATCH is set.
+/// The test image's files as umoci unpacks them (an oracle independent of kiln), kept in the
+/// test image's cache directory so that runs share one copy and leave nothing in /tmp.
+pub fn umoci_unpacked_test_image() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = test_image().join("umoci-unpacked");
+        if !dir.join("usr/lib/os-release").exists() {
+            let tmp = test_image().join(format!("umoci-unpacked.tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let image = format!("{}:latest", test_image().join("oci-gzip").display());
+            run(Command::new("umoci").args(["raw", "unpack", "--image", &image]).arg(&tmp));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).unwrap();
+        }
+        dir
+    })
+}
+
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
