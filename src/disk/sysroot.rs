@@ -182,14 +182,9 @@ impl Staged {
         // Deployment roots are immutable (as ostree leaves them): cleared for the copy, set
         // again in the new filesystem.
         let mut immutable = Vec::new();
-        let deploy = root.join("ostree/deploy");
-        for stateroot in std::fs::read_dir(&deploy).into_iter().flatten().flatten() {
-            for d in std::fs::read_dir(stateroot.path().join("deploy")).into_iter().flatten().flatten() {
-                if d.path().is_dir() {
-                    crate::ostree::deploy::set_immutable(&d.path(), false)?;
-                    immutable.push(format!("/{}", d.path().strip_prefix(root).unwrap().display()));
-                }
-            }
+        for d in deployment_roots(root) {
+            crate::ostree::deploy::set_immutable(&d, false)?;
+            immutable.push(format!("/{}", d.strip_prefix(root).unwrap().display()));
         }
         let mut parts = vec![(self.plan.root().clone(), root.to_path_buf(), immutable)];
         if let Some(boot) = self.plan.part(Role::Boot) {
@@ -215,12 +210,17 @@ impl Staged {
     }
 
     fn remove(&self) {
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("chattr -i {}/root/ostree/deploy/*/deploy/*.0 2>/dev/null", self.workdir.display()))
-            .status();
+        for d in deployment_roots(&self.workdir.join("root")) {
+            let _ = crate::ostree::deploy::set_immutable(&d, false);
+        }
         for d in ["root", "boot"] {
             let _ = std::fs::remove_dir_all(self.workdir.join(d));
         }
     }
+}
+
+/// `ostree/deploy/<stateroot>/deploy/<checksum>.<serial>` directories under a sysroot.
+fn deployment_roots(sysroot: &Path) -> Vec<PathBuf> {
+    let dirs = |p: PathBuf| std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path());
+    dirs(sysroot.join("ostree/deploy")).flat_map(|stateroot| dirs(stateroot.join("deploy"))).filter(|d| d.is_dir()).collect()
 }
