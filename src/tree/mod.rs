@@ -132,44 +132,38 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                 ready.notify_all();
             });
         }
-        let mut merger = merge::Merger::default();
-        let mut skipped = Vec::new();
-        let mut layers = Vec::new();
-        let mut content_bytes = 0;
-        for i in 0..count {
-            let changes = {
-                let mut guard = results.lock().unwrap();
-                loop {
-                    if let Some(r) = guard[i].take() {
-                        break r;
+        // Merging in order; an error stops the readers too.
+        let merge_all = || -> anyhow::Result<Merged> {
+            let mut merger = merge::Merger::default();
+            let mut skipped = Vec::new();
+            let mut layers = Vec::new();
+            let mut content_bytes = 0;
+            for i in 0..count {
+                let changes = {
+                    let mut guard = results.lock().unwrap();
+                    loop {
+                        if let Some(r) = guard[i].take() {
+                            break r;
+                        }
+                        // A later layer failing ends the wait early: its error is the answer.
+                        if let Some(pos) = guard.iter().position(|r| matches!(r, Some(Err(_)))) {
+                            break guard[pos].take().unwrap();
+                        }
+                        guard = ready.wait(guard).unwrap();
                     }
-                    // A later layer failing ends the wait early: its error is the answer.
-                    if let Some(pos) = guard.iter().position(|r| matches!(r, Some(Err(_)))) {
-                        failed.store(true, Ordering::SeqCst);
-                        break guard[pos].take().unwrap();
-                    }
-                    guard = ready.wait(guard).unwrap();
-                }
-            };
-            let changes = match changes {
-                Ok(c) => c,
-                Err(e) => {
-                    failed.store(true, Ordering::SeqCst);
-                    return Err(e);
-                }
-            };
-            skipped.extend(changes.skipped.iter().cloned());
-            content_bytes += changes.content_bytes;
-            let what = format!("{}: {}", image.describe(), image.layers[i].describe(count));
-            match merger.apply(changes, &what) {
-                Ok(own) => layers.push(own),
-                Err(e) => {
-                    failed.store(true, Ordering::SeqCst);
-                    return Err(e);
-                }
+                }?;
+                skipped.extend(changes.skipped.iter().cloned());
+                content_bytes += changes.content_bytes;
+                let what = format!("{}: {}", image.describe(), image.layers[i].describe(count));
+                layers.push(merger.apply(changes, &what)?);
             }
+            Ok(Merged { root: merger.root, layers, skipped, content_bytes })
+        };
+        let merged = merge_all();
+        if merged.is_err() {
+            failed.store(true, Ordering::SeqCst);
         }
-        Ok(Merged { root: merger.root, layers, skipped, content_bytes })
+        merged
     })?;
     stage.finish();
     if !merged.skipped.is_empty() {
