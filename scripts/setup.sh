@@ -19,16 +19,25 @@ PKGS=(
   # building kiln: TLS for registry pulls links the system OpenSSL
   libssl-dev pkg-config
 )
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
+missing() {
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+  done
+}
+# Two passes: installing one package can remove another the machine had (a backported
+# qemu-utils conflicts with bookworm's qemu-system-x86), so what the first pass removed is
+# installed again, in the distribution's matching version.
+updated=
+for pass in 1 2; do
+  todo=($(missing))
+  [ ${#todo[@]} -eq 0 ] && break
+  echo "setup: installing ${todo[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+  [ -n "$updated" ] || { apt-get update -qq; updated=1; }
+  apt-get install -y -qq --no-install-recommends "${todo[@]}" >/dev/null
+done
+todo=($(missing))
+[ ${#todo[@]} -eq 0 ] || { echo "setup: could not install ${todo[*]}" >&2; exit 1; }
 # docker-registry's package starts a system service on :5000; tests start their own.
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl stop docker-registry || true; fi
 echo "setup: all packages present"
