@@ -257,7 +257,7 @@ fn write_deployment(
             image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
         },
     )?;
-    std::fs::write(dep.dir.join("etc/fstab"), disk::fstab(plan)).context("writing the deployment's /etc/fstab")?;
+    disk::write_mounts(plan, &dep.dir)?;
     stage.finish();
     Ok(dep)
 }
