@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Assembles the test image as an OCI image layout from the base root filesystem.
 
-usage: layers.py ROOTFS OUT_OCI_DIR
+usage: layers.py ROOTFS OUT_OCI_DIR [FLAVOR]
+
+FLAVOR (bookworm or sid, see base.sh) changes only the version label and, for sid, adds the
+kargs.d file that turns SELinux on.
 
 Layers, each exercising a different encoding and layer semantics:
   1. the base OS (GNU tar, posix format with xattrs), gzip
@@ -81,7 +84,7 @@ class Layer:
         return self.buf.getvalue()
 
 
-def layer2():
+def layer2(flavor):
     l = Layer(tarfile.GNU_FORMAT)
     for d in ["usr", "usr/share", T, f"{T}/opaque", f"{T}/was-dir", "usr/lib", "usr/lib/bootc",
               "usr/lib/bootc/install", "usr/lib/bootc/kargs.d", "usr/libexec", "usr/lib/systemd",
@@ -101,6 +104,8 @@ def layer2():
     l.file("usr/lib/bootc/install/00-kiln-test.toml", open(f"{HERE}/bootc/00-kiln-test.toml").read())
     l.file("usr/lib/bootc/kargs.d/10-kiln-test.toml", open(f"{HERE}/bootc/10-kiln-test.toml").read())
     l.file("usr/lib/bootc/kargs.d/20-other-arch.toml", open(f"{HERE}/bootc/20-other-arch.toml").read())
+    if flavor == "sid":
+        l.file("usr/lib/bootc/kargs.d/30-selinux.toml", open(f"{HERE}/bootc/30-selinux.toml").read())
     l.file("usr/libexec/kiln-probe", open(f"{HERE}/probe/kiln-probe", "rb").read(), mode=0o755)
     l.file("usr/lib/systemd/system/kiln-probe.service", open(f"{HERE}/probe/kiln-probe.service").read())
     l.symlink("usr/lib/systemd/system/multi-user.target.wants/kiln-probe.service", "../kiln-probe.service")
@@ -168,6 +173,8 @@ MEDIA = {
 
 def main():
     rootfs, out = sys.argv[1], sys.argv[2]
+    flavor = sys.argv[3] if len(sys.argv) > 3 else "bookworm"
+    version = {"bookworm": "12", "sid": "sid"}[flavor]
     os.makedirs(f"{out}/blobs/sha256")
 
     def put_blob(data):
@@ -177,8 +184,8 @@ def main():
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
     layers = [
-        (base_layer(rootfs), "gzip", "debootstrap bookworm base, kernel, dracut+ostree, shim, GRUB"),
-        (layer2(), "zstd", "bootc install config, kargs.d, boot probe, fixtures"),
+        (base_layer(rootfs), "gzip", f"debootstrap {flavor} base, kernel, dracut+ostree, shim, GRUB"),
+        (layer2(flavor), "zstd", "bootc install config, kargs.d, boot probe, fixtures"),
         (layer3(), "gzip", "layer semantics: whiteouts, opaque dir, links, modes, owners, xattrs, names"),
         (layer4(), "none", "an uncompressed layer"),
     ]
@@ -200,7 +207,7 @@ def main():
             "Labels": {
                 "containers.bootc": "1",
                 "ostree.bootable": "1",
-                "org.opencontainers.image.version": "12.kiln-test.1",
+                "org.opencontainers.image.version": f"{version}.kiln-test.1",
                 "org.opencontainers.image.title": "kiln test image",
                 "org.opencontainers.image.description": osrel.get("PRETTY_NAME", "").strip('"'),
             },

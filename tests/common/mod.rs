@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod oci;
 pub mod registry;
+pub mod sid;
 pub mod treediff;
 
 use std::path::{Path, PathBuf};
@@ -31,23 +32,33 @@ pub fn shared_dir() -> PathBuf {
         .expect("the shared directory (bench/reference-pipeline.sh): set KILN_SHARED")
 }
 
-/// The test image (built once and cached outside the repository by
-/// scripts/test-image/build.sh): the directory holding `oci/`, `oci-gzip/` and
-/// `image.oci-archive`.
+/// The bookworm test image (built once and cached outside the repository by
+/// scripts/test-image/build.sh): the directory holding `oci/`, `oci-gzip/`,
+/// `image.oci-archive` and `base` (the root filesystem it was made from).
 pub fn test_image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/test-image/build.sh"))
-            .output()
-            .expect("run scripts/test-image/build.sh");
-        assert!(
-            out.status.success(),
-            "building the test image failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
+    DIR.get_or_init(|| build_test_image("bookworm"))
+}
+
+/// The sid test image: ostree with composefs enabled in its initramfs, SELinux policy
+/// installed. Its `base` is also the toolbox the oracles run from (see [`sid::run`]).
+pub fn sid_image() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_test_image("sid"))
+}
+
+fn build_test_image(flavor: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/test-image/build.sh"))
+        .arg(flavor)
+        .output()
+        .expect("run scripts/test-image/build.sh");
+    assert!(
+        out.status.success(),
+        "building the {flavor} test image failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// A fresh scratch directory for one test, under the system temp dir (large files live here,
