@@ -13,91 +13,54 @@ use anyhow::{bail, Context, Result};
 
 use crate::bootloader::{self, BiosBootPartition, BiosTarget, BootFilesystem, BootTarget, EspWriter};
 use crate::cli::BakeArgs;
-use crate::disk::{self, esp::Esp, layout::parse_size, table, Ids, Layout, Role, Sysroot};
+use crate::disk::{self, esp::Esp, layout::parse_size, table, Disk, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
 use crate::ostree::{self, kargs, object::Kind, Repo};
 use crate::platform::Platform;
 use crate::output::{self, Format, RawDisk};
+use crate::pending::PendingFile;
 use crate::progress::Progress;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
+use crate::workspace::{OutputDir, RunDir};
 
 pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
+    // First, before any thread starts: the mounts this run makes live and die with it.
+    disk::mountns::enter_private()?;
     interrupt::install();
     let formats = Format::parse_list(&args.types)?;
+    let _claim = OutputDir::claim(&args.output, &Format::dirs_in(&args.output), progress)?;
     let outputs: Vec<(Format, PathBuf)> = formats.iter().map(|f| (*f, f.path_in(&args.output))).collect();
     for (_, path) in &outputs {
-        prepare_output(path, args.force)?;
-    }
-    let raw = Format::Raw.path_in(&args.output);
-    std::fs::create_dir_all(raw.parent().unwrap()).with_context(|| format!("cannot create {}", raw.parent().unwrap().display()))?;
-    let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
-    let result = bake_raw(args, partial.path(), progress);
-    interrupt::check().and(result)?;
-    // One raw build feeds every format.
-    let disk = RawDisk::open(partial.path())?;
-    let mut written: Vec<Partial> = Vec::new();
-    for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
-        interrupt::check()?;
-        output::write(*format, &disk, path, &args.ova.options(), progress)?;
-        // Kept only if the whole bake succeeds.
-        written.push(Partial::new_existing(path.clone()));
-        progress.info(&format!("wrote {}", path.display()));
-    }
-    if formats.contains(&Format::Raw) {
-        std::fs::rename(partial.path(), &raw).with_context(|| format!("cannot move the finished disk to {}", raw.display()))?;
-        partial.disarm();
-        progress.info(&format!("wrote {}", raw.display()));
-    }
-    written.iter().for_each(Partial::disarm);
-    Ok(())
-}
-
-/// Refuses to overwrite an output unless forced, and checks the directory is writable.
-fn prepare_output(path: &Path, force: bool) -> Result<()> {
-    let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output directory {}", dir.display()))?;
-    if path.exists() {
-        if !force {
+        if path.exists() && !args.force {
             bail!("{} already exists: remove it or pass --force to replace it", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
-    let probe = dir.join(format!(".kiln-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("the output directory {} is not writable", dir.display()))?;
-    std::fs::remove_file(&probe)?;
-    Ok(())
+    // The raw disk has no name until the end (none at all unless it was asked for); one
+    // raw build feeds every format.
+    let raw_dest = Format::Raw.path_in(&args.output);
+    let raw = PendingFile::create_for(&raw_dest)?;
+    let run_dir = RunDir::create(progress)?;
+    let disk = Disk { file: raw.file().try_clone()?, name: raw_dest.display().to_string() };
+    let result = bake_raw(args, &disk, run_dir.path(), progress);
+    interrupt::check().and(result)?;
+    let raw_disk = RawDisk::from_file(raw.file().try_clone()?, &raw_dest)?;
+    let mut written = Vec::new();
+    for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
+        interrupt::check()?;
+        let out = PendingFile::create_for(path)?;
+        output::write(*format, &raw_disk, &out, path, &args.ova.options(), progress)?;
+        written.push((out, path.clone()));
+    }
+    if formats.contains(&Format::Raw) {
+        written.push((raw, raw_dest));
+    }
+    output::name_all(written, progress)
 }
 
-/// A file or directory removed when dropped, unless disarmed.
-struct Partial(PathBuf, std::cell::Cell<bool>);
-
-impl Partial {
-    fn new(p: PathBuf) -> Partial {
-        let _ = std::fs::remove_file(&p);
-        Partial(p, std::cell::Cell::new(true))
-    }
-    /// Guards a file that exists already.
-    fn new_existing(p: PathBuf) -> Partial {
-        Partial(p, std::cell::Cell::new(true))
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn disarm(&self) {
-        self.1.set(false);
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if self.1.get() {
-            let _ = if self.0.is_dir() { std::fs::remove_dir(&self.0) } else { std::fs::remove_file(&self.0) };
-        }
-    }
-}
-
-fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
+/// Writes the disk: its table, filesystems, deployment and bootloader; mount points go in
+/// `run_dir`.
+fn bake_raw(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -> Result<()> {
     let opts = args.source.open_options();
     let image = Image::open(&args.image, &opts)?;
     image.require_bootable_label()?;
@@ -145,15 +108,16 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
     drop(scan);
 
-    check_free_space(raw.parent().unwrap(), root_min)?;
+    check_free_space(&args.output, root_min)?;
     let stage = progress.stage("disk", None);
-    table::create_image(raw, &plan)?;
-    let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
-    std::fs::create_dir_all(workdir.path())?;
+    // The table is committed last: until then the disk has none.
+    let table = table::create_image(&disk.file, &plan).with_context(|| format!("creating {}", disk.name))?;
+    let workdir = run_dir.join("sysroot");
+    std::fs::create_dir(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
     let sysroot = if ids.is_seeded() {
-        Sysroot::create_staged(raw, &plan, workdir.path())?
+        Sysroot::create_staged(disk, &plan, &workdir, &args.output)?
     } else {
-        Sysroot::create(raw, &plan, workdir.path())?
+        Sysroot::create(disk, &plan, &workdir)?
     };
     stage.finish();
     interrupt::check()?;
@@ -161,7 +125,7 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     let deployment = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
 
     let stage = progress.stage("bootloader", None);
-    let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
+    let mut esp = plan.part(Role::Esp).map(|p| Esp::format(&disk.file, p)).transpose()?;
     let boot_part = plan.part(Role::Boot);
     let target = BootTarget {
         boot_dir: &sysroot.root.join("boot"),
@@ -172,21 +136,20 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
         entries_dir: sysroot.root.join("boot/loader/entries"),
         esp: esp.as_mut().map(|e| e as &mut dyn EspWriter),
         bios: plan.part(Role::BiosBoot).map(|p| BiosTarget {
-            disk: raw,
+            disk: &disk.file,
             partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
         }),
     };
     bootloader::install(&platform.bootloader, &deployment.dir, target)?;
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
-        e.close(raw, p)?;
+        e.close(&disk.file, p)?;
     }
     stage.finish();
 
     let stage = progress.stage("finish", None);
     sysroot.close()?;
-    std::fs::File::open(raw)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("writing {} failed (is its disk full?)", raw.display()))?;
+    table.commit()?;
+    disk.file.sync_all().with_context(|| format!("writing {} failed (is its disk full?)", disk.name))?;
     stage.finish();
     Ok(())
 }

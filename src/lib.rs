@@ -13,6 +13,8 @@ pub mod image;
 pub mod inspect;
 pub mod ostree;
 pub mod output;
+pub mod pending;
 pub mod platform;
 pub mod progress;
 pub mod tree;
+pub mod workspace;

@@ -1,9 +1,8 @@
 //! The EFI system partition, FAT32, written in userspace with the `fatfs` crate straight into
 //! the disk image at the partition's offset (no loop device, no vfat driver needed).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
@@ -18,8 +17,8 @@ pub struct Region {
 }
 
 impl Region {
-    pub fn new(path: &Path, start: u64, len: u64) -> Result<Region> {
-        let file = OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    pub fn new(disk: &File, start: u64, len: u64) -> Result<Region> {
+        let file = disk.try_clone().context("cannot reopen the disk")?;
         Ok(Region { file, start, len, pos: 0 })
     }
 }
@@ -71,8 +70,8 @@ pub struct Esp {
 
 impl Esp {
     /// Formats the partition FAT32 with its label and volume id, and opens it.
-    pub fn format(image: &Path, part: &Partition) -> Result<Esp> {
-        let mut region = Region::new(image, part.offset, part.size)?;
+    pub fn format(disk: &File, part: &Partition) -> Result<Esp> {
+        let mut region = Region::new(disk, part.offset, part.size)?;
         let mut label = [b' '; 11];
         let l = part.label.as_deref().unwrap_or("EFI-SYSTEM").as_bytes();
         label[..l.len().min(11)].copy_from_slice(&l[..l.len().min(11)]);
@@ -88,9 +87,9 @@ impl Esp {
     }
 
     /// Flushes the FAT and closes the filesystem.
-    pub fn close(self, image: &Path, part: &Partition) -> Result<()> {
+    pub fn close(self, disk: &File, part: &Partition) -> Result<()> {
         self.fs.unmount().context("closing the ESP")?;
-        let mut region = Region::new(image, part.offset, part.size)?;
+        let mut region = Region::new(disk, part.offset, part.size)?;
         drop_dot_long_names(&mut region).context("tidying the ESP's directories")
     }
 }
@@ -229,7 +228,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-esp-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("esp.img");
-        std::fs::File::create(&img).unwrap().set_len(600 << 20).unwrap();
+        let disk = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&img).unwrap();
+        disk.set_len(600 << 20).unwrap();
         let part = Partition {
             role: crate::disk::Role::Esp,
             number: 1,
@@ -242,12 +242,12 @@ mod tests {
             label: Some("EFI-SYSTEM".into()),
             fs_uuid: "ABCD-1234".into(),
         };
-        let mut esp = Esp::format(&img, &part).unwrap();
+        let mut esp = Esp::format(&disk, &part).unwrap();
         esp.create_dir_all("EFI/BOOT").unwrap();
         esp.write_file("EFI/BOOT/BOOTX64.EFI", &vec![7u8; 100_000]).unwrap();
         esp.create_dir_all("EFI/debian").unwrap();
         esp.write_file("EFI/debian/grub.cfg", b"x").unwrap();
-        esp.close(&img, &part).unwrap();
+        esp.close(&disk, &part).unwrap();
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("dd if={0} of={0}.part bs=1M skip=1 count=501 status=none && fsck.fat -n {0}.part", img.display()))

@@ -7,6 +7,7 @@ pub mod ids;
 pub mod layout;
 pub mod loopdev;
 pub mod mkfs;
+pub mod mountns;
 pub mod sysroot;
 pub mod table;
 
@@ -14,9 +15,17 @@ pub use ids::Ids;
 pub use layout::{plan, Layout, Partition, Plan, Role, MIB};
 pub use sysroot::Sysroot;
 
+use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+
+/// The disk being written: an image file (which has no name until the bake is complete) or a
+/// block device, and what to call it in messages.
+pub struct Disk {
+    pub file: File,
+    pub name: String,
+}
 
 /// How big a root filesystem to make for `content` bytes of files: room for the filesystem's
 /// own metadata and block rounding (a quarter more), the deployment's copies of /etc and /var

@@ -1,10 +1,13 @@
 //! The target's filesystems made and mounted as the sysroot kiln writes the deployment into:
-//! root at a work directory, /boot (if the layout has one) on root's `boot`. One loop device
-//! per partition. Everything is undone when the value drops, on success, error or panic.
+//! root at a mount point in the run directory, /boot (if the layout has one) on root's `boot`.
+//! One loop device per partition. Everything is undone when the value drops, on success, error
+//! or panic; and since the mounts live in kiln's own mount namespace (`mountns`) and the loop
+//! devices auto-clear, also when the process is killed.
 //!
 //! This is the one place kiln needs the kernel to write a filesystem; it is kept this small so
 //! that an unprivileged writer can replace it.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -12,7 +15,8 @@ use sys_mount::{Mount, UnmountFlags};
 
 use super::layout::{Partition, Plan, Role};
 use super::loopdev::LoopDevice;
-use super::mkfs;
+use super::{mkfs, Disk};
+use crate::pending::PendingFile;
 
 pub struct Sysroot {
     /// Where the root filesystem is mounted (or staged).
@@ -21,7 +25,7 @@ pub struct Sysroot {
     mounts: Vec<PathBuf>,
     /// Kept open until after the unmounts.
     loops: Vec<LoopDevice>,
-    /// Set when the filesystems are staged in directories and made at the end.
+    /// Set when the filesystems are staged and made at the end.
     staged: Option<Staged>,
 }
 
@@ -29,28 +33,39 @@ pub struct Sysroot {
 /// filesystems are made from them in userspace (`mke2fs -d`) when it is closed, their times
 /// then set to 0. The kernel's allocator and clock play no part, so the same input gives the
 /// same bytes. It costs a second copy of the data, so it is only used when asked for.
+///
+/// The directories are on a scratch ext4 filesystem whose backing file has no name (it is
+/// made beside the output), so a killed bake leaves no staged copy behind: the mount goes with
+/// the namespace, the loop device with the mount, the file with the loop device.
 struct Staged {
-    image: PathBuf,
+    disk: Disk,
     plan: Plan,
     workdir: PathBuf,
+    /// Closed after the scratch filesystem is unmounted.
+    _scratch: PendingFile,
 }
 
+/// The scratch filesystem's UUID and hash seed: fixed, so that directories list in the same
+/// order every time (`mke2fs -d` adds entries in that order).
+const STAGING_UUID: &str = "6b696c6e-7374-6167-696e-670000000001";
+
 impl Sysroot {
-    /// Makes the root and /boot filesystems of `plan` inside `image` and mounts them under
+    /// Makes the root and /boot filesystems of `plan` on `disk` and mounts them under
     /// `workdir` (which must exist and be empty).
-    pub fn create(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+    pub fn create(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
         let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None };
-        s.attach_format_mount(image, plan.root(), workdir)?;
+        s.attach_format_mount(&disk.file, &disk.name, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
             std::fs::create_dir_all(&at)?;
-            s.attach_format_mount(image, boot, &at)?;
+            s.attach_format_mount(&disk.file, &disk.name, boot, &at)?;
         }
         Ok(s)
     }
 
-    /// Like [`Sysroot::create`], but reproducible (see [`Staged`]); ext4 only.
-    pub fn create_staged(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+    /// Like [`Sysroot::create`], but reproducible (see [`Staged`]); ext4 only. The scratch
+    /// filesystem's file is made in `scratch_dir`.
+    pub fn create_staged(disk: &Disk, plan: &Plan, workdir: &Path, scratch_dir: &Path) -> Result<Sysroot> {
         for p in plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot)) {
             if p.filesystem.as_deref() != Some("ext4") {
                 anyhow::bail!(
@@ -60,19 +75,33 @@ impl Sysroot {
                 );
             }
         }
-        let root = workdir.join("root");
-        std::fs::create_dir_all(root.join("boot"))?;
-        Ok(Sysroot {
-            root,
-            mounts: Vec::new(),
-            loops: Vec::new(),
-            staged: Some(Staged { image: image.to_path_buf(), plan: plan.clone(), workdir: workdir.to_path_buf() }),
-        })
+        // Room for what the root and /boot filesystems will hold (the file is sparse).
+        let size: u64 = plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot)).map(|p| p.size).sum();
+        let scratch = PendingFile::create(scratch_dir, "staging")?;
+        scratch.file().set_len(size).with_context(|| format!("cannot make a {size}-byte staging file in {}", scratch_dir.display()))?;
+        let staging = Partition {
+            role: Role::Root,
+            number: 0,
+            name: "staging".into(),
+            type_guid: String::new(),
+            guid: String::new(),
+            offset: 0,
+            size,
+            filesystem: Some("ext4".into()),
+            label: Some("kiln-staging".into()),
+            fs_uuid: STAGING_UUID.into(),
+        };
+        let mut s = Sysroot { root: workdir.join("root"), mounts: Vec::new(), loops: Vec::new(), staged: None };
+        s.attach_format_mount(scratch.file(), "kiln staging file", &staging, workdir)?;
+        std::fs::create_dir_all(s.root.join("boot"))?;
+        let disk = Disk { file: disk.file.try_clone()?, name: disk.name.clone() };
+        s.staged = Some(Staged { disk, plan: plan.clone(), workdir: workdir.to_path_buf(), _scratch: scratch });
+        Ok(s)
     }
 
-    fn attach_format_mount(&mut self, image: &Path, part: &Partition, at: &Path) -> Result<()> {
+    fn attach_format_mount(&mut self, file: &File, name: &str, part: &Partition, at: &Path) -> Result<()> {
         let fs = part.filesystem.as_deref().context("partition without a filesystem")?;
-        let dev = LoopDevice::attach(image, part.offset, part.size)?;
+        let dev = LoopDevice::attach(file, name, part.offset, part.size)?;
         mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
         Mount::builder()
@@ -89,11 +118,8 @@ impl Sysroot {
     /// reporting a failure to unmount.
     pub fn close(mut self) -> Result<()> {
         match self.staged.take() {
-            Some(st) => {
-                let result = st.make_filesystems(&self.root);
-                st.remove();
-                result
-            }
+            // The scratch filesystem is thrown away: no need to flush it.
+            Some(st) => st.make_filesystems(&self.root).and(self.unmount_all(true)),
             None => self.unmount_all(false),
         }
     }
@@ -143,9 +169,6 @@ fn syncfs(dir: &Path) -> Result<()> {
 impl Drop for Sysroot {
     fn drop(&mut self) {
         let _ = self.unmount_all(true);
-        if let Some(st) = self.staged.take() {
-            st.remove();
-        }
     }
 }
 
@@ -200,7 +223,7 @@ impl Staged {
             settle_mtimes(dir)?;
         }
         for (part, dir, immutable) in parts {
-            let dev = LoopDevice::attach(&self.image, part.offset, part.size)?;
+            let dev = LoopDevice::attach(&self.disk.file, &self.disk.name, part.offset, part.size)?;
             mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir))
                 .with_context(|| format!("making the filesystem of partition {}", part.name))?;
             mkfs::settle_ext4(&dev.path, &immutable)?;
@@ -208,14 +231,13 @@ impl Staged {
         }
         Ok(())
     }
+}
 
-    fn remove(&self) {
-        for d in deployment_roots(&self.workdir.join("root")) {
-            let _ = crate::ostree::deploy::set_immutable(&d, false);
-        }
-        for d in ["root", "boot"] {
-            let _ = std::fs::remove_dir_all(self.workdir.join(d));
-        }
+/// Clears the immutable flag of the deployments an older kiln staged under `dir` (in
+/// `dir/root`), so that the directory can be removed.
+pub fn clear_immutable_deployments(dir: &Path) {
+    for d in deployment_roots(&dir.join("root")) {
+        let _ = crate::ostree::deploy::set_immutable(&d, false);
     }
 }
 

@@ -1,58 +1,262 @@
-//! The disk image file and its GPT (protective MBR, primary and backup headers, named
-//! partitions), written with the `gpt` crate.
+//! The disk's GPT (UEFI 2.10 §5.3): protective MBR, primary header and entries at the front,
+//! backup entries and header at the end, 128 entries of 128 bytes.
+//!
+//! Written so that a disk whose writer died at any point has no table a firmware, a kernel or
+//! `sfdisk` acts on (as coreos-installer writes the first MiB last): [`prepare`] first zeroes
+//! the protective MBR and the primary header (everything that reads GPT looks for the
+//! protective MBR first, and UEFI falls back to the backup header only when it finds one), then
+//! writes both entry arrays and the backup header; [`PreparedTable::commit`] writes the primary
+//! header and then the protective MBR, each synced before the next. Between the two the disk's
+//! partitions can be filled (filesystems, bootloader): an install that dies leaves no table.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::path::Path;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 
-use anyhow::{Context, Result};
-use gpt::disk::LogicalBlockSize;
-use gpt::partition_types::{OperatingSystem, Type};
+use anyhow::{ensure, Context, Result};
 
 use super::layout::Plan;
 
-const SECTOR: u64 = 512;
+pub const SECTOR: u64 = 512;
+const ENTRIES: u64 = 128;
+const ENTRY_SIZE: u64 = 128;
+/// Sectors the entry array takes (32).
+const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
+const HEADER_SIZE: usize = 92;
+/// Where the MBR's partition entries start; bytes before it (boot code) are the bootloader's.
+const MBR_PARTITIONS: usize = 446;
 
-/// Creates `path` (which must not exist) as a sparse file of the plan's size with its GPT.
-pub fn create_image(path: &Path, plan: &Plan) -> Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.set_len(plan.size).with_context(|| format!("cannot size {} to {} bytes", path.display(), plan.size))?;
-    write_gpt(file, plan).with_context(|| format!("writing the partition table of {}", path.display()))
+/// What the table is written on: an image file or a block device. Each call is a step a crash
+/// can stop after.
+pub trait Device {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn sync(&self) -> io::Result<()>;
 }
 
-/// Writes the protective MBR and both GPTs onto `device` (an image file or a block device).
-pub fn write_gpt(mut device: File, plan: &Plan) -> Result<()> {
-    let uuid = |s: &str| uuid::Uuid::parse_str(s).with_context(|| format!("{s:?} is not a GUID"));
-    let sectors = plan.size / SECTOR;
-    gpt::mbr::ProtectiveMBR::with_lb_size((sectors - 1).min(u32::MAX as u64) as u32)
-        .overwrite_lba0(&mut device)
-        .context("writing the protective MBR")?;
-    let mut disk = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(LogicalBlockSize::Lb512)
-        .create_from_device(device, Some(uuid(&plan.disk_guid)?))
-        .context("initialising the GPT")?;
-    let mut parts = BTreeMap::new();
-    for p in &plan.partitions {
-        parts.insert(
-            p.number,
-            gpt::partition::Partition {
-                part_type_guid: Type { guid: uuid(&p.type_guid)?, os: OperatingSystem::None },
-                part_guid: uuid(&p.guid)?,
-                first_lba: p.offset / SECTOR,
-                last_lba: (p.offset + p.size) / SECTOR - 1,
-                flags: 0,
-                name: p.name.clone(),
-            },
-        );
+impl Device for File {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(buf, offset)
     }
-    disk.update_partitions(parts).context("laying out the partitions")?;
-    let device = disk.write().context("writing the GPT")?;
-    device.sync_data().ok();
-    Ok(())
+    fn sync(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// A table whose entries and backup are on the disk, but not yet its primary header and
+/// protective MBR: until [`PreparedTable::commit`], the disk has no partition table.
+#[must_use = "the disk has no partition table until the prepared one is committed"]
+pub struct PreparedTable<'a, D: Device + ?Sized> {
+    device: &'a D,
+    primary: [u8; SECTOR as usize],
+    /// The protective MBR's partition entry and signature (bytes 446..512).
+    mbr_tail: [u8; SECTOR as usize - MBR_PARTITIONS],
+}
+
+/// Writes everything of `plan`'s GPT but the primary header and protective MBR, after zeroing
+/// those (so an older table on the device stops counting first).
+pub fn prepare<'a, D: Device + ?Sized>(device: &'a D, plan: &Plan) -> Result<PreparedTable<'a, D>> {
+    let sectors = plan.size / SECTOR;
+    ensure!(sectors > 2 * (ENTRY_SECTORS + 1) + 1, "a disk of {} bytes is too small for a GPT", plan.size);
+    let last = sectors - 1;
+    let entries = entry_array(plan)?;
+    let entries_crc = crc32(&entries);
+    let guid = guid_bytes(&plan.disk_guid)?;
+    let header = |my_lba: u64, alternate: u64, entries_lba: u64| {
+        let mut h = [0u8; SECTOR as usize];
+        h[..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        for (at, v) in [(24, my_lba), (32, alternate), (40, 2 + ENTRY_SECTORS), (48, last - ENTRY_SECTORS - 1), (72, entries_lba)] {
+            h[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        h[56..72].copy_from_slice(&guid);
+        h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
+        h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
+        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+        seal_header(&mut h);
+        h
+    };
+    let primary = header(1, last, 2);
+    let backup = header(last, 1, last - ENTRY_SECTORS);
+
+    let step = |what: &str, r: io::Result<()>| r.with_context(|| format!("writing the partition table: {what}"));
+    step("clearing the protective MBR and primary header", device.write_at(&[0u8; 2 * SECTOR as usize], 0))?;
+    step("syncing", device.sync())?;
+    step("primary entries", device.write_at(&entries, 2 * SECTOR))?;
+    step("backup entries", device.write_at(&entries, (last - ENTRY_SECTORS) * SECTOR))?;
+    step("backup header", device.write_at(&backup, last * SECTOR))?;
+    step("syncing", device.sync())?;
+
+    let mut mbr_tail = [0u8; SECTOR as usize - MBR_PARTITIONS];
+    // One partition of type EE from LBA 1 over the whole disk (capped at 2^32-1 sectors).
+    mbr_tail[..16].copy_from_slice(&[0x00, 0x00, 0x02, 0x00, 0xee, 0xff, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0, 0, 0, 0]);
+    mbr_tail[12..16].copy_from_slice(&((sectors - 1).min(u32::MAX as u64) as u32).to_le_bytes());
+    mbr_tail[64..66].copy_from_slice(&[0x55, 0xaa]);
+    Ok(PreparedTable { device, primary, mbr_tail })
+}
+
+impl<D: Device + ?Sized> PreparedTable<'_, D> {
+    /// Writes the primary header, then the protective MBR (keeping the boot code a BIOS
+    /// bootloader put before it): from here on the disk has its table.
+    pub fn commit(self) -> Result<()> {
+        let step = |what: &str, r: io::Result<()>| r.with_context(|| format!("writing the partition table: {what}"));
+        step("primary header", self.device.write_at(&self.primary, SECTOR))?;
+        step("syncing", self.device.sync())?;
+        step("protective MBR", self.device.write_at(&self.mbr_tail, MBR_PARTITIONS as u64))?;
+        step("syncing", self.device.sync())
+    }
+}
+
+/// Writes `plan`'s whole GPT in the safe order.
+pub fn write<D: Device + ?Sized>(device: &D, plan: &Plan) -> Result<()> {
+    prepare(device, plan)?.commit()
+}
+
+/// Leaves `device` (of `size` bytes) with no partition table: the protective MBR's partition
+/// entries and both GPT headers zeroed (the boot code is kept). What an install that fails
+/// calls on its way out.
+pub fn clear<D: Device + ?Sized>(device: &D, size: u64) -> Result<()> {
+    let zero = [0u8; SECTOR as usize];
+    device.write_at(&zero[MBR_PARTITIONS..], MBR_PARTITIONS as u64).context("clearing the protective MBR")?;
+    device.write_at(&zero, SECTOR).context("clearing the primary GPT header")?;
+    if size >= 2 * SECTOR {
+        device.write_at(&zero, (size / SECTOR - 1) * SECTOR).context("clearing the backup GPT header")?;
+    }
+    device.sync().context("syncing the cleared partition table")
+}
+
+/// Sets a GPT header's CRC-32 (IEEE, the one gzip uses; flate2 has it) over its first
+/// `header size` bytes, the CRC field counted as zero.
+pub fn seal_header(h: &mut [u8]) {
+    let size = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+    h[16..20].fill(0);
+    let crc = crc32(&h[..size]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    crc.sum()
+}
+
+/// A GUID as GPT stores it: the first three fields little-endian.
+fn guid_bytes(s: &str) -> Result<[u8; 16]> {
+    Ok(uuid::Uuid::parse_str(s).with_context(|| format!("{s:?} is not a GUID"))?.to_bytes_le())
+}
+
+fn entry_array(plan: &Plan) -> Result<Vec<u8>> {
+    ensure!(plan.partitions.len() as u64 <= ENTRIES, "a GPT holds at most {ENTRIES} partitions");
+    let mut out = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
+    for p in &plan.partitions {
+        ensure!(p.number >= 1 && p.number as u64 <= ENTRIES, "partition {} has number {}", p.name, p.number);
+        let e = &mut out[(p.number as usize - 1) * ENTRY_SIZE as usize..][..ENTRY_SIZE as usize];
+        e[..16].copy_from_slice(&guid_bytes(&p.type_guid)?);
+        e[16..32].copy_from_slice(&guid_bytes(&p.guid)?);
+        e[32..40].copy_from_slice(&(p.offset / SECTOR).to_le_bytes());
+        e[40..48].copy_from_slice(&((p.offset + p.size) / SECTOR - 1).to_le_bytes());
+        let name: Vec<u16> = p.name.encode_utf16().collect();
+        ensure!(name.len() <= 36, "partition name {:?} is longer than GPT's 36 characters", p.name);
+        for (i, c) in name.iter().enumerate() {
+            e[56 + 2 * i..58 + 2 * i].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the raw disk in `file` (empty, unnamed or new): sized sparse to the plan, its table
+/// prepared; the caller commits it once the partitions are written.
+pub fn create_image<'a>(file: &'a File, plan: &Plan) -> Result<PreparedTable<'a, File>> {
+    file.set_len(plan.size).with_context(|| format!("cannot size the disk image to {} bytes", plan.size))?;
+    prepare(file, plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::{layout, Ids, Layout};
+    use std::cell::Cell;
+    use std::process::Command;
+
+    /// A device whose writer dies (stops writing for good) after `left` more writes.
+    struct Dying<'a> {
+        file: &'a File,
+        left: Cell<usize>,
+    }
+
+    impl Dying<'_> {
+        fn step(&self) -> io::Result<()> {
+            match self.left.get() {
+                0 => Err(io::Error::other("killed")),
+                n => {
+                    self.left.set(n - 1);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    impl Device for Dying<'_> {
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.step()?;
+            self.file.write_all_at(buf, offset)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.file.sync_data()
+        }
+    }
+
+    fn plan(seed: &str, layout: &str) -> Plan {
+        let layout = Layout::load(layout).unwrap();
+        layout::plan(&layout, "ext4", "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", 1 << 30, 2 << 30, Some(4 << 30), &Ids::from_seed(Some(seed))).unwrap()
+    }
+
+    /// `sfdisk --dump` of the disk: None when it finds no partition table.
+    fn sfdisk(path: &std::path::Path) -> Option<String> {
+        let out = Command::new("sfdisk").arg("--dump").arg(path).output().expect("sfdisk (fdisk package)");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The writer killed after every possible step: before the clearing write the old table
+    /// stands, after it no table until the new one is complete; sfdisk (an independent
+    /// reader) checks each state, and `sgdisk -v` the finished one.
+    #[test]
+    fn a_writer_killed_at_any_step_leaves_no_table() {
+        let dir = std::env::temp_dir().join(format!("kiln-table-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("disk.raw");
+        let (old, new) = (plan("old", "bootc"), plan("new", "default"));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        file.set_len(old.size).unwrap();
+        write(&file, &old).unwrap();
+        let old_dump = sfdisk(&path).expect("sfdisk reads the old table");
+        assert!(old_dump.contains(&old.disk_guid.to_uppercase()), "{old_dump}");
+
+        let mut steps = 0;
+        loop {
+            write(&file, &old).unwrap();
+            let dying = Dying { file: &file, left: Cell::new(steps) };
+            let finished = write(&dying, &new).is_ok();
+            let dump = sfdisk(&path);
+            if finished {
+                let dump = dump.expect("sfdisk reads the finished table");
+                assert!(dump.contains(&new.disk_guid.to_uppercase()) && dump.contains("name=\"root\""), "{dump}");
+                let v = Command::new("sgdisk").arg("-v").arg(&path).output().unwrap();
+                assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{}", String::from_utf8_lossy(&v.stdout));
+                break;
+            }
+            if steps == 0 {
+                assert_eq!(dump.as_deref(), Some(old_dump.as_str()), "killed before writing, the old table must stand");
+            } else {
+                assert_eq!(dump, None, "killed after {steps} steps, sfdisk still finds a table");
+            }
+            steps += 1;
+        }
+        assert_eq!(steps, 6, "the writer's writes: clear, two entry arrays, two headers, protective MBR");
+
+        // A failed install clears what it prepared or committed.
+        clear(&file, new.size).unwrap();
+        assert_eq!(sfdisk(&path), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

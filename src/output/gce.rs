@@ -5,9 +5,8 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::parallel::map_ordered;
 use super::rawdisk::RawDisk;
@@ -18,10 +17,10 @@ const GIB: u64 = 1 << 30;
 const SECTOR: u64 = 512;
 const BLOCK: u64 = 4 << 20;
 
-pub fn write(raw: &RawDisk, dest: &Path, stage: &Stage) -> Result<()> {
+pub fn write(raw: &RawDisk, file: File, stage: &Stage) -> Result<()> {
     let size = raw.size.div_ceil(GIB) * GIB;
     let gpt = Relocated::read(raw, size)?;
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?);
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     let header = file_header("disk.raw", size, TarFormat::OldGnu);
     let data_end = 512 + size;
     // Tar: header, data, padding to the record size (20 blocks of 512) with two zero blocks.
