@@ -4,6 +4,11 @@
 //! its mounted root filesystem, so every file's bytes are written once. Decisions that must
 //! precede the disk (root filesystem type, root size) come from the user or, failing that, from
 //! a scan of the image.
+//!
+//! A bake that dies however it dies leaves nothing: the outputs have no name until all are
+//! written (`pending`), the mounts are in kiln's own namespace (`disk::mountns`), their mount
+//! points in a run directory the next run removes (`workspace`), and the disk's partition
+//! table is committed last (`disk::table`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
