@@ -10,7 +10,7 @@ cd "$(dirname "$(realpath "$0")")/../.."
 . scripts/bench/lib.sh
 ROUNDS=${1:-3}
 IMAGE=$(bash scripts/test-image/build.sh)
-SHARED=${KILN_SHARED:-$(realpath ../shared 2>/dev/null || echo /work/shared)}
+SHARED=${KILN_SHARED:-$(realpath -e ../shared 2>/dev/null || echo /work/shared)}
 cargo build --release --locked -q --bin kiln
 W=$(mktemp -d /var/tmp/kiln-bench.XXXXXX); trap 'rm -rf "$W"' EXIT
 RESULTS=$W/results
