@@ -35,8 +35,8 @@ pub fn sweep(dir: &Path) -> Vec<PathBuf> {
     for algo in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
         let d = algo.path();
         removed.extend(crate::pending::sweep(&d));
-        // Older kilns' `.partial-<digest>-<pid>` names: removed when nobody holds them open
-        // for writing is unknowable, so only once they are a day old.
+        // Older kilns' `.partial-<digest>-<pid>` names carry no lock, so whether their writer
+        // still runs cannot be told: they go once they are a day old.
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a.as_secs() > 86_400);
             if e.file_name().to_string_lossy().starts_with(".partial-") && old && std::fs::remove_file(e.path()).is_ok() {
@@ -45,4 +45,36 @@ pub fn sweep(dir: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_removes_only_what_dead_kilns_left() {
+        let dir = std::env::temp_dir().join(format!("kiln-cache-sweep-{}", std::process::id()));
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let write = |name: &str| {
+            std::fs::write(blobs.join(name), name).unwrap();
+            blobs.join(name)
+        };
+        let blob = write("4d0f2c6a");
+        let fresh = write(".partial-4d0f2c6a-77");
+        let stale = write(".partial-4d0f2c6a-66");
+        let abandoned = write(&format!("{}66-0-4d0f2c6a", crate::pending::PARTIAL_PREFIX));
+        let live = crate::pending::PendingFile::create(&blobs, "4d0f2c6a").unwrap();
+        // Two days old.
+        let c = std::ffi::CString::new(stale.as_os_str().as_encoded_bytes()).unwrap();
+        let t = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+        assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) }, 0);
+
+        let mut removed = sweep(&dir);
+        removed.sort();
+        assert_eq!(removed, vec![abandoned, stale]);
+        assert!(blob.exists() && fresh.exists());
+        drop(live);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
