@@ -46,8 +46,8 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     let raw_dest = Format::Raw.path_in(&args.output);
     let raw = PendingFile::create_for(&raw_dest)?;
     let run_dir = RunDir::create(progress)?;
-    let disk = Disk { file: raw.file().try_clone()?, name: raw_dest.display().to_string() };
-    let result = bake_raw(args, &disk, run_dir.path(), progress);
+    let disk = Disk::image(raw.file().try_clone()?, raw_dest.display().to_string());
+    let result = write_disk(args, &disk, run_dir.path(), progress);
     interrupt::check().and(result)?;
     let raw_disk = RawDisk::from_file(raw.file().try_clone()?, &raw_dest)?;
     let mut written = Vec::new();
@@ -63,9 +63,9 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     output::name_all(written, progress)
 }
 
-/// Writes the disk: its table, filesystems, deployment and bootloader; mount points go in
-/// `run_dir`.
-fn bake_raw(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -> Result<()> {
+/// Writes the disk (an image file, or a block device for `kiln install to-disk`): its table,
+/// filesystems, deployment and bootloader; mount points go in `run_dir`.
+pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -> Result<()> {
     let opts = args.source.open_options();
     let image = Image::open(&args.image, &opts)?;
     image.require_bootable_label()?;
@@ -78,7 +78,10 @@ fn bake_raw(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -
     if let Some(fs) = &args.rootfs {
         disk::mkfs::check_supported(fs)?;
     }
-    let disk_size = args.size.as_deref().map(parse_size).transpose()?;
+    let disk_size = match disk.fixed_size() {
+        Some(size) => Some(size),
+        None => args.size.as_deref().map(parse_size).transpose()?,
+    };
     // The root filesystem type comes from the image's install configuration unless given;
     // reading it takes a pass over the layers.
     let scan = if args.rootfs.is_none() {
@@ -110,13 +113,18 @@ fn bake_raw(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -
     };
     let (root_size, root_min) = disk::root_size(content);
     let ids = Ids::from_seed(args.seed.as_deref());
+    if let Some(size) = disk.fixed_size() {
+        disk::check_fits(&disk.name, size, &layout, root_min)?;
+    }
     let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
     drop(scan);
 
-    check_free_space(&args.output, root_min)?;
+    if disk.fixed_size().is_none() {
+        check_free_space(&args.output, root_min)?;
+    }
     let stage = progress.stage("disk", None);
     // The table is committed last: until then the disk has none.
-    let table = table::create_image(&disk.file, &plan).with_context(|| format!("creating {}", disk.name))?;
+    let table = disk.prepare_table(&plan)?;
     let workdir = run_dir.join("sysroot");
     std::fs::create_dir(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
     let sysroot = if ids.is_seeded() {
@@ -130,7 +138,15 @@ fn bake_raw(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -
     let deployment = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
 
     let stage = progress.stage("bootloader", None);
-    let mut esp = plan.part(Role::Esp).map(|p| Esp::format(&disk.file, p)).transpose()?;
+    let mut esp = plan.part(Role::Esp).map(|p| Esp::format(&disk.file, p, disk.sector_size())).transpose()?;
+    // GRUB's BIOS boot code counts 512-byte sectors: a 4Kn disk boots through UEFI only.
+    let bios_partition = plan.part(Role::BiosBoot).filter(|_| {
+        let fits = disk.sector_size() == table::SECTOR;
+        if !fits {
+            progress.info(&format!("{} has {}-byte sectors, which BIOS GRUB cannot boot: installing for UEFI only", disk.name, disk.sector_size()));
+        }
+        fits
+    });
     let boot_part = plan.part(Role::Boot);
     let target = BootTarget {
         boot_dir: &sysroot.root.join("boot"),
@@ -140,7 +156,7 @@ fn bake_raw(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -
         },
         entries_dir: sysroot.root.join("boot/loader/entries"),
         esp: esp.as_mut().map(|e| e as &mut dyn EspWriter),
-        bios: plan.part(Role::BiosBoot).map(|p| BiosTarget {
+        bios: bios_partition.map(|p| BiosTarget {
             disk: &disk.file,
             partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
         }),

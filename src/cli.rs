@@ -108,6 +108,19 @@ pub struct OvaArgs {
     pub ova_secure_boot: bool,
 }
 
+impl Default for OvaArgs {
+    fn default() -> Self {
+        OvaArgs {
+            ova_name: "kiln".into(),
+            ova_cpus: 2,
+            ova_memory: 4096,
+            ova_hw_version: 17,
+            ova_firmware: "efi".into(),
+            ova_secure_boot: false,
+        }
+    }
+}
+
 impl OvaArgs {
     pub fn options(&self) -> crate::output::OvaOptions {
         crate::output::OvaOptions {
@@ -123,16 +136,43 @@ impl OvaArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum InstallCommand {
-    /// Install onto a whole block device, partitioning it.
-    ToDisk {
-        device: PathBuf,
-        image: String,
-        /// Wipe existing partitions and data on the device.
-        #[arg(long)]
-        wipe: bool,
-    },
+    /// Install onto a whole disk, partitioning it (everything on it is lost).
+    ToDisk(ToDiskArgs),
     /// Install into an already mounted filesystem tree.
     ToFilesystem { path: PathBuf, image: String },
+}
+
+/// `kiln install to-disk`: bootc's option names and meanings where bootc has the option.
+#[derive(Args, Debug)]
+pub struct ToDiskArgs {
+    /// The whole disk: /dev/sda, /dev/nvme0n1, /dev/disk/by-id/…, or a loop device attached
+    /// with partition scanning.
+    pub device: PathBuf,
+    /// The image, as for `kiln bake`.
+    pub image: String,
+    /// Erase the partition table, filesystems and other signatures the disk has.
+    #[arg(long)]
+    pub wipe: bool,
+    /// Root filesystem type: ext4, xfs or btrfs (default: the image's install configuration).
+    #[arg(long)]
+    pub filesystem: Option<String>,
+    /// Partition layout: a name from layouts/ or a TOML file (default: bootc).
+    #[arg(long)]
+    pub layout: Option<String>,
+    /// Extra kernel argument, repeatable.
+    #[arg(long = "karg")]
+    pub kargs: Vec<String>,
+    /// The image reference the installed system updates from.
+    #[arg(long)]
+    pub target_imgref: Option<String>,
+    /// The ostree stateroot.
+    #[arg(long, default_value = "default")]
+    pub stateroot: String,
+    /// Keep what was written when the install fails (default: leave an empty partition table).
+    #[arg(long)]
+    pub preserve_on_error: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,7 +231,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = Progress::new(cli.progress);
     match cli.command {
         Command::Bake(args) => crate::bake::run(&args, &progress),
-        Command::Install(_) => not_yet("install", "a later issue"),
+        Command::Install(InstallCommand::ToDisk(args)) => crate::install::to_disk(&args, &progress),
+        Command::Install(InstallCommand::ToFilesystem { .. }) => not_yet("install to-filesystem", "a later change"),
         Command::Image(ImageCommand::Inspect { image, json, source }) => {
             let report = inspect::inspect(&image, &source.open_options(), &progress)?;
             if json {

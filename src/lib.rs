@@ -11,6 +11,7 @@ pub mod fsmeta;
 pub mod interrupt;
 pub mod image;
 pub mod inspect;
+pub mod install;
 pub mod ostree;
 pub mod output;
 pub mod pending;

@@ -69,8 +69,9 @@ pub struct Esp {
 }
 
 impl Esp {
-    /// Formats the partition FAT32 with its label and volume id, and opens it.
-    pub fn format(disk: &File, part: &Partition) -> Result<Esp> {
+    /// Formats the partition FAT32 with its label and volume id, and opens it. The FAT's
+    /// sector is the disk's logical sector (firmware does not read a FAT of another size).
+    pub fn format(disk: &File, part: &Partition, sector_size: u64) -> Result<Esp> {
         let mut region = Region::new(disk, part.offset, part.size)?;
         let mut label = [b' '; 11];
         let l = part.label.as_deref().unwrap_or("EFI-SYSTEM").as_bytes();
@@ -78,7 +79,11 @@ impl Esp {
         let id = u32::from_str_radix(&part.fs_uuid.replace('-', ""), 16).context("the ESP's volume id")?;
         fatfs::format_volume(
             &mut region,
-            fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat32).volume_label(label).volume_id(id),
+            fatfs::FormatVolumeOptions::new()
+                .fat_type(fatfs::FatType::Fat32)
+                .bytes_per_sector(sector_size as u16)
+                .volume_label(label)
+                .volume_id(id),
         )
         .context("formatting the ESP (FAT32)")?;
         region.seek(SeekFrom::Start(0))?;
@@ -242,7 +247,7 @@ mod tests {
             label: Some("EFI-SYSTEM".into()),
             fs_uuid: "ABCD-1234".into(),
         };
-        let mut esp = Esp::format(&disk, &part).unwrap();
+        let mut esp = Esp::format(&disk, &part, 512).unwrap();
         esp.create_dir_all("EFI/BOOT").unwrap();
         esp.write_file("EFI/BOOT/BOOTX64.EFI", &vec![7u8; 100_000]).unwrap();
         esp.create_dir_all("EFI/debian").unwrap();

@@ -201,6 +201,11 @@ pub fn plan(layout: &Layout, root_fs: &str, root_type: &str, root_min: u64, root
     Ok(Plan { size, disk_guid: ids.uuid("disk"), partitions })
 }
 
+/// The least disk `layout` fits on with a root of `root_min` bytes.
+pub fn least_disk_size(layout: &Layout, root_min: u64) -> u64 {
+    FIRST + GPT_TAIL + layout.fixed_bytes() + root_min.div_ceil(MIB) * MIB
+}
+
 fn fixed_after(layout: &Layout, i: usize) -> u64 {
     layout.partitions[i + 1..].iter().filter_map(|p| parse_size(&p.size).ok()).sum()
 }

@@ -7,7 +7,6 @@
 //! This is the one place kiln needs the kernel to write a filesystem; it is kept this small so
 //! that an unprivileged writer can replace it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -15,7 +14,7 @@ use sys_mount::{Mount, UnmountFlags};
 
 use super::layout::{Partition, Plan, Role};
 use super::loopdev::LoopDevice;
-use super::{mkfs, Disk};
+use super::{mkfs, Disk, PartitionDevice};
 use crate::pending::PendingFile;
 
 pub struct Sysroot {
@@ -24,7 +23,7 @@ pub struct Sysroot {
     /// Mount points, in mount order.
     mounts: Vec<PathBuf>,
     /// Kept open until after the unmounts.
-    loops: Vec<LoopDevice>,
+    loops: Vec<PartitionDevice>,
     /// Set when the filesystems are staged and made at the end.
     staged: Option<Staged>,
 }
@@ -54,11 +53,11 @@ impl Sysroot {
     /// `workdir` (which must exist and be empty).
     pub fn create(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
         let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None };
-        s.attach_format_mount(&disk.file, &disk.name, plan.root(), workdir)?;
+        s.format_mount(disk.partition_device(plan.root())?, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
             std::fs::create_dir_all(&at)?;
-            s.attach_format_mount(&disk.file, &disk.name, boot, &at)?;
+            s.format_mount(disk.partition_device(boot)?, boot, &at)?;
         }
         Ok(s)
     }
@@ -92,23 +91,23 @@ impl Sysroot {
             fs_uuid: STAGING_UUID.into(),
         };
         let mut s = Sysroot { root: workdir.join("root"), mounts: Vec::new(), loops: Vec::new(), staged: None };
-        s.attach_format_mount(scratch.file(), "kiln staging file", &staging, workdir)?;
+        let dev = LoopDevice::attach(scratch.file(), "kiln staging file", staging.offset, staging.size)?;
+        s.format_mount(PartitionDevice::Loop(dev), &staging, workdir)?;
         std::fs::create_dir_all(s.root.join("boot"))?;
-        let disk = Disk { file: disk.file.try_clone()?, name: disk.name.clone() };
+        let disk = Disk::image(disk.file.try_clone()?, disk.name.clone());
         s.staged = Some(Staged { disk, plan: plan.clone(), workdir: workdir.to_path_buf(), _scratch: scratch });
         Ok(s)
     }
 
-    fn attach_format_mount(&mut self, file: &File, name: &str, part: &Partition, at: &Path) -> Result<()> {
+    fn format_mount(&mut self, dev: PartitionDevice, part: &Partition, at: &Path) -> Result<()> {
         let fs = part.filesystem.as_deref().context("partition without a filesystem")?;
-        let dev = LoopDevice::attach(file, name, part.offset, part.size)?;
-        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None)
+        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
         Mount::builder()
             .fstype(fs)
             .data(mkfs::mount_options(fs))
-            .mount(&dev.path, at)
-            .with_context(|| format!("cannot mount {} ({fs}) on {}", dev.path.display(), at.display()))?;
+            .mount(dev.path(), at)
+            .with_context(|| format!("cannot mount {} ({fs}) on {}", dev.path().display(), at.display()))?;
         self.mounts.push(at.to_path_buf());
         self.loops.push(dev);
         Ok(())

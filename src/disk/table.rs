@@ -8,6 +8,10 @@
 //! writes both entry arrays and the backup header; [`PreparedTable::commit`] writes the primary
 //! header and then the protective MBR, each synced before the next. Between the two the disk's
 //! partitions can be filled (filesystems, bootloader): an install that dies leaves no table.
+//!
+//! Sizes and addresses are in the disk's logical sectors: 512 bytes for images, the device's
+//! own (512 or 4096) for block devices. On a 4096-byte disk the header is at byte 4096 and the
+//! entries take 4 sectors; the protective MBR is always the first 512 bytes.
 
 use std::fs::File;
 use std::io;
@@ -17,14 +21,30 @@ use anyhow::{ensure, Context, Result};
 
 use super::layout::Plan;
 
+/// An image file's sector size, and the protective MBR's size on any disk.
 pub const SECTOR: u64 = 512;
 const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
-/// Sectors the entry array takes (32).
-const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
 const HEADER_SIZE: usize = 92;
 /// Where the MBR's partition entries start; bytes before it (boot code) are the bootloader's.
 const MBR_PARTITIONS: usize = 446;
+
+/// The disk a table is written for: its size in bytes and its logical sector size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub size: u64,
+    pub sector: u64,
+}
+
+impl Geometry {
+    fn sectors(&self) -> u64 {
+        self.size / self.sector
+    }
+    /// Sectors the entry array takes (32 of 512 bytes, 4 of 4096).
+    fn entry_sectors(&self) -> u64 {
+        (ENTRIES * ENTRY_SIZE).div_ceil(self.sector)
+    }
+}
 
 /// What the table is written on: an image file or a block device. Each call is a step a crash
 /// can stop after.
@@ -47,26 +67,33 @@ impl Device for File {
 #[must_use = "the disk has no partition table until the prepared one is committed"]
 pub struct PreparedTable<'a, D: Device + ?Sized> {
     device: &'a D,
-    primary: [u8; SECTOR as usize],
+    geometry: Geometry,
+    primary: Vec<u8>,
     /// The protective MBR's partition entry and signature (bytes 446..512).
     mbr_tail: [u8; SECTOR as usize - MBR_PARTITIONS],
 }
 
 /// Writes everything of `plan`'s GPT but the primary header and protective MBR, after zeroing
 /// those (so an older table on the device stops counting first).
-pub fn prepare<'a, D: Device + ?Sized>(device: &'a D, plan: &Plan) -> Result<PreparedTable<'a, D>> {
-    let sectors = plan.size / SECTOR;
-    ensure!(sectors > 2 * (ENTRY_SECTORS + 1) + 1, "a disk of {} bytes is too small for a GPT", plan.size);
+pub fn prepare<'a, D: Device + ?Sized>(device: &'a D, plan: &Plan, geometry: Geometry) -> Result<PreparedTable<'a, D>> {
+    prepare_entries(device, geometry, &plan.disk_guid, &entry_array(plan, geometry.sector)?)
+}
+
+fn prepare_entries<'a, D: Device + ?Sized>(device: &'a D, geometry: Geometry, disk_guid: &str, entries: &[u8]) -> Result<PreparedTable<'a, D>> {
+    let Geometry { sector, .. } = geometry;
+    ensure!(sector == 512 || sector == 4096, "a logical sector size of {sector} bytes is not supported (512 or 4096)");
+    let sectors = geometry.sectors();
+    let entry_sectors = geometry.entry_sectors();
+    ensure!(sectors > 2 * (entry_sectors + 1) + 1, "a disk of {} bytes is too small for a GPT", geometry.size);
     let last = sectors - 1;
-    let entries = entry_array(plan)?;
-    let entries_crc = crc32(&entries);
-    let guid = guid_bytes(&plan.disk_guid)?;
+    let entries_crc = crc32(entries);
+    let guid = guid_bytes(disk_guid)?;
     let header = |my_lba: u64, alternate: u64, entries_lba: u64| {
-        let mut h = [0u8; SECTOR as usize];
+        let mut h = vec![0u8; sector as usize];
         h[..8].copy_from_slice(b"EFI PART");
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-        for (at, v) in [(24, my_lba), (32, alternate), (40, 2 + ENTRY_SECTORS), (48, last - ENTRY_SECTORS - 1), (72, entries_lba)] {
+        for (at, v) in [(24, my_lba), (32, alternate), (40, 2 + entry_sectors), (48, last - entry_sectors - 1), (72, entries_lba)] {
             h[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
         h[56..72].copy_from_slice(&guid);
@@ -77,14 +104,16 @@ pub fn prepare<'a, D: Device + ?Sized>(device: &'a D, plan: &Plan) -> Result<Pre
         h
     };
     let primary = header(1, last, 2);
-    let backup = header(last, 1, last - ENTRY_SECTORS);
+    let backup = header(last, 1, last - entry_sectors);
+    let mut padded = entries.to_vec();
+    padded.resize((entry_sectors * sector) as usize, 0);
 
     let step = |what: &str, r: io::Result<()>| r.with_context(|| format!("writing the partition table: {what}"));
-    step("clearing the protective MBR and primary header", device.write_at(&[0u8; 2 * SECTOR as usize], 0))?;
+    step("clearing the protective MBR and primary header", device.write_at(&vec![0u8; 2 * sector as usize], 0))?;
     step("syncing", device.sync())?;
-    step("primary entries", device.write_at(&entries, 2 * SECTOR))?;
-    step("backup entries", device.write_at(&entries, (last - ENTRY_SECTORS) * SECTOR))?;
-    step("backup header", device.write_at(&backup, last * SECTOR))?;
+    step("primary entries", device.write_at(&padded, 2 * sector))?;
+    step("backup entries", device.write_at(&padded, (last - entry_sectors) * sector))?;
+    step("backup header", device.write_at(&backup, last * sector))?;
     step("syncing", device.sync())?;
 
     let mut mbr_tail = [0u8; SECTOR as usize - MBR_PARTITIONS];
@@ -92,7 +121,7 @@ pub fn prepare<'a, D: Device + ?Sized>(device: &'a D, plan: &Plan) -> Result<Pre
     mbr_tail[..16].copy_from_slice(&[0x00, 0x00, 0x02, 0x00, 0xee, 0xff, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0, 0, 0, 0]);
     mbr_tail[12..16].copy_from_slice(&((sectors - 1).min(u32::MAX as u64) as u32).to_le_bytes());
     mbr_tail[64..66].copy_from_slice(&[0x55, 0xaa]);
-    Ok(PreparedTable { device, primary, mbr_tail })
+    Ok(PreparedTable { device, geometry, primary, mbr_tail })
 }
 
 impl<D: Device + ?Sized> PreparedTable<'_, D> {
@@ -100,7 +129,7 @@ impl<D: Device + ?Sized> PreparedTable<'_, D> {
     /// bootloader put before it): from here on the disk has its table.
     pub fn commit(self) -> Result<()> {
         let step = |what: &str, r: io::Result<()>| r.with_context(|| format!("writing the partition table: {what}"));
-        step("primary header", self.device.write_at(&self.primary, SECTOR))?;
+        step("primary header", self.device.write_at(&self.primary, self.geometry.sector))?;
         step("syncing", self.device.sync())?;
         step("protective MBR", self.device.write_at(&self.mbr_tail, MBR_PARTITIONS as u64))?;
         step("syncing", self.device.sync())
@@ -108,19 +137,28 @@ impl<D: Device + ?Sized> PreparedTable<'_, D> {
 }
 
 /// Writes `plan`'s whole GPT in the safe order.
-pub fn write<D: Device + ?Sized>(device: &D, plan: &Plan) -> Result<()> {
-    prepare(device, plan)?.commit()
+pub fn write<D: Device + ?Sized>(device: &D, plan: &Plan, geometry: Geometry) -> Result<()> {
+    prepare(device, plan, geometry)?.commit()
+}
+
+/// Leaves `device` with an empty GPT (a new disk GUID, no partitions) and no boot code, as
+/// coreos-installer leaves a disk before writing and after a failed install: nothing a
+/// firmware or a BIOS can boot, and every partition tool sees an empty disk.
+pub fn write_empty<D: Device + ?Sized>(device: &D, geometry: Geometry) -> Result<()> {
+    device.write_at(&[0u8; MBR_PARTITIONS], 0).context("clearing the MBR boot code")?;
+    let entries = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
+    let guid = super::Ids::from_seed(None).uuid("empty disk");
+    prepare_entries(device, geometry, &guid, &entries)?.commit()
 }
 
 /// Leaves `device` (of `size` bytes) with no partition table: the protective MBR's partition
-/// entries and both GPT headers zeroed (the boot code is kept). What an install that fails
-/// calls on its way out.
-pub fn clear<D: Device + ?Sized>(device: &D, size: u64) -> Result<()> {
-    let zero = [0u8; SECTOR as usize];
-    device.write_at(&zero[MBR_PARTITIONS..], MBR_PARTITIONS as u64).context("clearing the protective MBR")?;
-    device.write_at(&zero, SECTOR).context("clearing the primary GPT header")?;
-    if size >= 2 * SECTOR {
-        device.write_at(&zero, (size / SECTOR - 1) * SECTOR).context("clearing the backup GPT header")?;
+/// entries and both GPT headers zeroed (the boot code is kept).
+pub fn clear<D: Device + ?Sized>(device: &D, geometry: Geometry) -> Result<()> {
+    let zero = vec![0u8; geometry.sector as usize];
+    device.write_at(&zero[MBR_PARTITIONS..SECTOR as usize], MBR_PARTITIONS as u64).context("clearing the protective MBR")?;
+    device.write_at(&zero, geometry.sector).context("clearing the primary GPT header")?;
+    if geometry.sectors() >= 2 {
+        device.write_at(&zero, (geometry.sectors() - 1) * geometry.sector).context("clearing the backup GPT header")?;
     }
     device.sync().context("syncing the cleared partition table")
 }
@@ -145,7 +183,7 @@ fn guid_bytes(s: &str) -> Result<[u8; 16]> {
     Ok(uuid::Uuid::parse_str(s).with_context(|| format!("{s:?} is not a GUID"))?.to_bytes_le())
 }
 
-fn entry_array(plan: &Plan) -> Result<Vec<u8>> {
+fn entry_array(plan: &Plan, sector: u64) -> Result<Vec<u8>> {
     ensure!(plan.partitions.len() as u64 <= ENTRIES, "a GPT holds at most {ENTRIES} partitions");
     let mut out = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
     for p in &plan.partitions {
@@ -153,8 +191,9 @@ fn entry_array(plan: &Plan) -> Result<Vec<u8>> {
         let e = &mut out[(p.number as usize - 1) * ENTRY_SIZE as usize..][..ENTRY_SIZE as usize];
         e[..16].copy_from_slice(&guid_bytes(&p.type_guid)?);
         e[16..32].copy_from_slice(&guid_bytes(&p.guid)?);
-        e[32..40].copy_from_slice(&(p.offset / SECTOR).to_le_bytes());
-        e[40..48].copy_from_slice(&((p.offset + p.size) / SECTOR - 1).to_le_bytes());
+        ensure!(p.offset % sector == 0 && p.size % sector == 0, "partition {} is not aligned to {sector}-byte sectors", p.name);
+        e[32..40].copy_from_slice(&(p.offset / sector).to_le_bytes());
+        e[40..48].copy_from_slice(&((p.offset + p.size) / sector - 1).to_le_bytes());
         let name: Vec<u16> = p.name.encode_utf16().collect();
         ensure!(name.len() <= 36, "partition name {:?} is longer than GPT's 36 characters", p.name);
         for (i, c) in name.iter().enumerate() {
@@ -168,7 +207,7 @@ fn entry_array(plan: &Plan) -> Result<Vec<u8>> {
 /// prepared; the caller commits it once the partitions are written.
 pub fn create_image<'a>(file: &'a File, plan: &Plan) -> Result<PreparedTable<'a, File>> {
     file.set_len(plan.size).with_context(|| format!("cannot size the disk image to {} bytes", plan.size))?;
-    prepare(file, plan)
+    prepare(file, plan, Geometry { size: plan.size, sector: SECTOR })
 }
 
 #[cfg(test)]
@@ -228,15 +267,16 @@ mod tests {
         let (old, new) = (plan("old", "bootc"), plan("new", "default"));
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
         file.set_len(old.size).unwrap();
-        write(&file, &old).unwrap();
+        let geometry = Geometry { size: old.size, sector: SECTOR };
+        write(&file, &old, geometry).unwrap();
         let old_dump = sfdisk(&path).expect("sfdisk reads the old table");
         assert!(old_dump.contains(&old.disk_guid.to_uppercase()), "{old_dump}");
 
         let mut steps = 0;
         loop {
-            write(&file, &old).unwrap();
+            write(&file, &old, geometry).unwrap();
             let dying = Dying { file: &file, left: Cell::new(steps) };
-            let finished = write(&dying, &new).is_ok();
+            let finished = write(&dying, &new, geometry).is_ok();
             let dump = sfdisk(&path);
             if finished {
                 let dump = dump.expect("sfdisk reads the finished table");
@@ -255,7 +295,7 @@ mod tests {
         assert_eq!(steps, 6, "the writer's writes: clear, two entry arrays, two headers, protective MBR");
 
         // A failed install clears what it prepared or committed.
-        clear(&file, new.size).unwrap();
+        clear(&file, geometry).unwrap();
         assert_eq!(sfdisk(&path), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
