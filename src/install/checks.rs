@@ -83,8 +83,10 @@ pub fn check(given: &Path, wipe: bool) -> Result<Checked> {
             culprits.push(c)
         }
     };
-    for (mountinfo, whose) in [("/proc/self/mountinfo", ""), ("/proc/1/mountinfo", " (in pid 1's mount namespace)")] {
-        for m in mounts(mountinfo) {
+    let own = mounts("/proc/self/mountinfo");
+    let host: Vec<Mount> = mounts("/proc/1/mountinfo").into_iter().filter(|h| !own.iter().any(|m| m.dev == h.dev && m.point == h.point)).collect();
+    for (list, whose) in [(own, ""), (host, " (in pid 1's mount namespace)")] {
+        for m in list {
             if m.dev.whole_disk() == dev {
                 add(format!("{} is mounted on {}{whose}", node_of(&m.dev), m.point));
             } else if ours(&m.dev) {

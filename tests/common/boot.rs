@@ -113,6 +113,8 @@ pub struct Boot<'a> {
     pub name: String,
     pub timeout: Duration,
     pub memory_mib: u32,
+    /// The disk's logical (and physical) sector size as the guest sees it (4096: a 4Kn disk).
+    pub logical_block_size: Option<u32>,
 }
 
 impl<'a> Boot<'a> {
@@ -125,7 +127,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, log_dir, name: name.to_string(), timeout, memory_mib: 1536 }
+        Boot { image, firmware, log_dir, name: name.to_string(), timeout, memory_mib: 1536, logical_block_size: None }
     }
 
     /// Boots the image and waits for the probe's report (or the timeout).
@@ -154,10 +156,15 @@ impl<'a> Boot<'a> {
             .args(["-nographic", "-monitor", "none", "-nic", "none"])
             .arg("-drive")
             .arg(format!(
-                "file={},format={},if=virtio,snapshot=on",
+                "file={},format={},if=none,id=disk0,snapshot=on",
                 self.image.display(),
                 format_of(self.image)
             ))
+            .arg("-device")
+            .arg(match self.logical_block_size {
+                Some(n) => format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
+                None => "virtio-blk-pci,drive=disk0".to_string(),
+            })
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-serial")
