@@ -66,13 +66,7 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
 /// Writes the disk (an image file, or a block device for `kiln install to-disk`): its table,
 /// filesystems, deployment and bootloader; mount points go in `run_dir`.
 pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -> Result<()> {
-    let opts = args.source.open_options();
-    let image = Image::open(&args.image, &opts)?;
-    image.require_bootable_label()?;
-    let arch = if image.config.architecture.is_empty() { opts.arch.clone() } else { image.config.architecture.clone() };
-    let platform = Platform::for_oci_arch(&arch)?;
-    image.fetch_layers(progress)?;
-    interrupt::check()?;
+    let (image, platform) = open_image(args, progress)?;
 
     // What the disk needs to know before it exists.
     if let Some(fs) = &args.rootfs {
@@ -135,9 +129,6 @@ pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progr
     stage.finish();
     interrupt::check()?;
 
-    let deployment = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
-
-    let stage = progress.stage("bootloader", None);
     let mut esp = plan.part(Role::Esp).map(|p| Esp::format(&disk.file, p, disk.sector_size())).transpose()?;
     // GRUB's BIOS boot code counts 512-byte sectors: a 4Kn disk boots through UEFI only.
     let bios_partition = plan.part(Role::BiosBoot).filter(|_| {
@@ -147,30 +138,64 @@ pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progr
         }
         fits
     });
-    let boot_part = plan.part(Role::Boot);
-    let target = BootTarget {
-        boot_dir: &sysroot.root.join("boot"),
-        boot_fs: BootFilesystem {
-            uuid: boot_part.unwrap_or(plan.root()).fs_uuid.clone(),
-            separate_partition: boot_part.is_some(),
-        },
-        entries_dir: sysroot.root.join("boot/loader/entries"),
-        esp: esp.as_mut().map(|e| e as &mut dyn EspWriter),
-        bios: bios_partition.map(|p| BiosTarget {
-            disk: &disk.file,
-            partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
-        }),
-    };
-    bootloader::install(&platform.bootloader, &deployment.dir, target)?;
+    let bios = bios_partition.map(|p| BiosTarget {
+        disk: &disk.file,
+        partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
+    });
+    write_system(args, &image, &platform, &plan, &sysroot.root, esp.as_mut().map(|e| e as &mut dyn EspWriter), bios, progress)?;
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
         e.close(&disk.file, p)?;
     }
-    stage.finish();
 
     let stage = progress.stage("finish", None);
     sysroot.close()?;
     table.commit()?;
     disk.file.sync_all().with_context(|| format!("writing {} failed (is its disk full?)", disk.name))?;
+    stage.finish();
+    Ok(())
+}
+
+/// Opens the image, checks it is bootable, finds its platform and fetches its layers.
+pub fn open_image(args: &BakeArgs, progress: &Progress) -> Result<(Image, Platform)> {
+    let opts = args.source.open_options();
+    let image = Image::open(&args.image, &opts)?;
+    image.require_bootable_label()?;
+    let arch = if image.config.architecture.is_empty() { opts.arch.clone() } else { image.config.architecture.clone() };
+    let platform = Platform::for_oci_arch(&arch)?;
+    image.fetch_layers(progress)?;
+    interrupt::check()?;
+    Ok((image, platform))
+}
+
+/// Writes the system into a sysroot whose filesystems `plan` describes (made by kiln, or
+/// found by `install to-filesystem`): the deployment, then the bootloader into `esp` and
+/// `bios`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_system(
+    args: &BakeArgs,
+    image: &Image,
+    platform: &Platform,
+    plan: &disk::Plan,
+    sysroot: &Path,
+    esp: Option<&mut (dyn EspWriter + 'static)>,
+    bios: Option<BiosTarget<'_>>,
+    progress: &Progress,
+) -> Result<()> {
+    let deployment = write_deployment(args, image, platform, plan, sysroot, progress).map_err(explain_enospc)?;
+    let stage = progress.stage("bootloader", None);
+    let boot_part = plan.part(Role::Boot);
+    let boot_dir = sysroot.join("boot");
+    let target = BootTarget {
+        boot_dir: &boot_dir,
+        boot_fs: BootFilesystem {
+            uuid: boot_part.unwrap_or(plan.root()).fs_uuid.clone(),
+            separate_partition: boot_part.is_some(),
+        },
+        entries_dir: sysroot.join("boot/loader/entries"),
+        esp: esp.map(|e| e as &mut dyn EspWriter),
+        bios,
+    };
+    bootloader::install(&platform.bootloader, &deployment.dir, target)?;
     stage.finish();
     Ok(())
 }
@@ -210,7 +235,9 @@ fn write_deployment(
     let stage = progress.stage("commit", None);
     let (root, filtered) = ostree::convert(merged.root)?;
     let layers = merged.layers;
-    let kver = tree::kernels(&root).remove(0);
+    let kver = tree::kernels(&root).into_iter().next().with_context(|| {
+        format!("{} has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is it a bootc image?)", image.describe())
+    })?;
     let (origin, transport_ref) = target_reference(args.target_imgref.as_deref(), &image.source, progress)?;
     let commit = ostree::commit(
         &repo,

@@ -138,8 +138,38 @@ impl OvaArgs {
 pub enum InstallCommand {
     /// Install onto a whole disk, partitioning it (everything on it is lost).
     ToDisk(ToDiskArgs),
-    /// Install into an already mounted filesystem tree.
-    ToFilesystem { path: PathBuf, image: String },
+    /// Install onto mounted filesystems: ROOT, a separate /boot at ROOT/boot if mounted there,
+    /// the ESP mounted at ROOT/boot/efi or else the ESP partition of ROOT's disk.
+    ToFilesystem(ToFilesystemArgs),
+}
+
+/// `kiln install to-filesystem`, with bootc's semantics.
+#[derive(Args, Debug)]
+pub struct ToFilesystemArgs {
+    /// Where the target's root filesystem is mounted (it must be empty).
+    pub root: PathBuf,
+    /// The image, as for `kiln bake`.
+    pub image: String,
+    /// wipe: delete what the root (and /boot) filesystems hold first.
+    #[arg(long, value_enum)]
+    pub replace: Option<Replace>,
+    /// Extra kernel argument, repeatable.
+    #[arg(long = "karg")]
+    pub kargs: Vec<String>,
+    /// The image reference the installed system updates from.
+    #[arg(long)]
+    pub target_imgref: Option<String>,
+    /// The ostree stateroot.
+    #[arg(long, default_value = "default")]
+    pub stateroot: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    Wipe,
+    Alongside,
 }
 
 /// `kiln install to-disk`: bootc's option names and meanings where bootc has the option.
@@ -232,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bake(args) => crate::bake::run(&args, &progress),
         Command::Install(InstallCommand::ToDisk(args)) => crate::install::to_disk(&args, &progress),
-        Command::Install(InstallCommand::ToFilesystem { .. }) => not_yet("install to-filesystem", "a later change"),
+        Command::Install(InstallCommand::ToFilesystem(args)) => crate::install::to_filesystem::to_filesystem(&args, &progress),
         Command::Image(ImageCommand::Inspect { image, json, source }) => {
             let report = inspect::inspect(&image, &source.open_options(), &progress)?;
             if json {
@@ -256,8 +286,4 @@ impl SourceArgs {
     pub fn open_options(&self) -> OpenOptions {
         OpenOptions { tls_verify: self.tls_verify, ..OpenOptions::default() }.with_arch(self.target_arch.as_deref())
     }
-}
-
-fn not_yet(command: &str, when: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`kiln {command}` is not built yet (it arrives with {when})")
 }

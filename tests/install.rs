@@ -114,12 +114,12 @@ fn read_back(lo: &Loop, sector: u64) {
     // this kernel has no vfat).
     let script = format!(
         "set -e; m=$(mktemp -d); mount -o ro {root} $m; \
-         echo '== status'; ostree admin status --sysroot $m; \
-         echo '== entries'; cat $m/boot/loader/entries/*.conf; \
-         echo '== bootuuid'; cat $m/boot/grub2/bootuuid.cfg; \
-         echo '== state'; cat $m/boot/bootupd-state.json; \
-         echo '== aleph'; cat $m/.bootc-aleph.json; \
-         echo '== origin'; cat $m/ostree/deploy/default/deploy/*.origin; \
+         echo; echo '== status'; ostree admin status --sysroot $m; \
+         echo; echo '== entries'; cat $m/boot/loader/entries/*.conf; \
+         echo; echo '== bootuuid'; cat $m/boot/grub2/bootuuid.cfg; \
+         echo; echo '== state'; cat $m/boot/bootupd-state.json; \
+         echo; echo '== aleph'; cat $m/.bootc-aleph.json; \
+         echo; echo '== origin'; cat $m/ostree/deploy/default/deploy/*.origin; \
          umount $m; rmdir $m",
         root = lo.part(3)
     );
@@ -143,6 +143,10 @@ fn boots(file: &Path, firmware: Firmware, name: &str, logical_block_size: Option
     boot.logical_block_size = logical_block_size;
     let report = boot.run().unwrap_or_else(|e| panic!("{e}"));
     println!("{name} {firmware}:\n{report}");
+    if let Some(n) = logical_block_size {
+        let console = String::from_utf8_lossy(&std::fs::read(&report.console_log).unwrap()).into_owned();
+        assert!(console.contains(&format!("{n}-byte logical blocks")), "the guest did not see {n}-byte sectors");
+    }
     report.assert_outcome(&[]);
     assert!(
         report.info_all("ostree-status").iter().any(|l| l.contains("Version: 12.kiln-test.1")),
@@ -364,6 +368,86 @@ fn sigint_mid_install_leaves_an_empty_gpt() {
             assert!(t["partitiontable"]["partitions"].as_array().is_none_or(|p| p.is_empty()), "partitions left: {t}");
             assert!(mbr[..446].iter().all(|b| *b == 0), "boot code left in the MBR");
             assert!(lo.kernel_partitions().is_empty(), "the kernel still has {:?}", lo.kernel_partitions());
+        }
+    }
+}
+
+/// Runs `script` in a mount namespace of its own (its mounts vanish with it), with kiln as
+/// `$KILN` and the test image as `$IMAGE`; returns its output.
+fn in_namespace(script: &str) -> Output {
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+        .env("IMAGE", image_ref())
+        .output()
+        .unwrap()
+}
+
+/// `install to-filesystem` onto partitions and filesystems the test made (kiln writes the
+/// ESP, which is not mounted, as bootupd finds it: the ESP partition of root's disk): with a
+/// separate /boot (`boot=UUID=…`; the disk boots under UEFI) and without (no `boot=`). A
+/// non-empty root and a directory that is not a mount point are refused.
+#[test]
+fn to_filesystem_with_and_without_a_separate_boot() {
+    for separate_boot in [true, false] {
+        let s = Scratch::new(&format!("install-to-filesystem-{separate_boot}"));
+        let lo = Loop::new(&s, "disk.raw", "4G", &["--partscan"]);
+        let boot_line = if separate_boot { ",1G,L\n" } else { "" };
+        run(Command::new("sh").arg("-c").arg(format!(
+            "printf 'label: gpt\\n,1M,21686148-6449-6E6F-744E-656564454649\\n,512M,U\\n{boot_line},,L\\n' | sfdisk -q --no-reread {0} && partx -a {0}",
+            lo.dev
+        )));
+        let root_part = lo.part(if separate_boot { 4 } else { 3 });
+        std::thread::sleep(Duration::from_millis(300));
+        run(Command::new("mkfs.fat").args(["-F", "32", "-n", "EFI-SYSTEM", &lo.part(2)]));
+        run(Command::new("mkfs.ext4").args(["-q", "-L", "root", &root_part]));
+        if separate_boot {
+            run(Command::new("mkfs.ext4").args(["-q", "-L", "boot", &lo.part(3)]));
+        }
+        let mnt = s.path().join("root");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mount_boot = if separate_boot { format!("mkdir -p {m}/boot && mount {b} {m}/boot &&", m = mnt.display(), b = lo.part(3)) } else { String::new() };
+
+        if separate_boot {
+            // Refusals first: not a mount point, then not empty.
+            let o = in_namespace(&format!("\"$KILN\" install to-filesystem {} \"$IMAGE\"", mnt.display()));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains(&format!("{} is not a mount point", mnt.display())), "{err}");
+            let o = in_namespace(&format!("mount {r} {m} && touch {m}/leftover && \"$KILN\" install to-filesystem {m} \"$IMAGE\"; s=$?; rm -f {m}/leftover; exit $s", r = root_part, m = mnt.display()));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains(&format!("{} is not empty (found {}/leftover)", mnt.display(), mnt.display())), "{err}");
+        }
+
+        let o = in_namespace(&format!(
+            "set -e; mount {r} {m}; {mount_boot} \"$KILN\" install to-filesystem --progress plain --target-imgref quay.io/kiln/test:latest {m} \"$IMAGE\"; \
+             echo; echo '== entries'; cat {m}/boot/loader/entries/*.conf; echo; echo '== fstab'; cat {m}/ostree/deploy/default/deploy/*.0/etc/fstab; \
+             echo; echo '== status'; ostree admin status --sysroot {m}",
+            r = root_part,
+            m = mnt.display()
+        ));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "install to-filesystem failed:\n{}\n{out}", String::from_utf8_lossy(&o.stderr));
+        let section = |name: &str| out.split(&format!("== {name}\n")).nth(1).unwrap_or_default().split("\n== ").next().unwrap_or_default().to_string();
+        let root_uuid = blkid(&root_part, "UUID");
+        let entries = section("entries");
+        assert!(entries.contains(&format!("root=UUID={root_uuid} rw")), "{out}");
+        assert!(section("status").contains("Version: 12.kiln-test.1"), "{out}");
+        let esp_uuid = blkid(&lo.part(2), "UUID");
+        assert!(section("fstab").contains(&format!("UUID={esp_uuid} /boot/efi vfat")), "{out}");
+        if separate_boot {
+            let boot_uuid = blkid(&lo.part(3), "UUID");
+            assert!(entries.contains(&format!("boot=UUID={boot_uuid}")), "{out}");
+            assert!(section("fstab").contains(&format!("UUID={boot_uuid} /boot ext4")), "{out}");
+        } else {
+            assert!(!entries.contains("boot=UUID"), "{out}");
+        }
+        let fat = run(Command::new("fsck.fat").args(["-n", &lo.part(2)]));
+        assert!(!fat.contains("differ"), "{fat}");
+        let esp = run(Command::new("mdir").args(["-b", "-i", &lo.part(2), "::/EFI/BOOT"]));
+        assert!(esp.to_uppercase().contains("BOOTX64.EFI"), "ESP:\n{esp}");
+        drop(lo);
+        if separate_boot {
+            boots(&s.path().join("disk.raw"), Firmware::Uefi, "install-to-filesystem", None);
         }
     }
 }

@@ -91,6 +91,13 @@ impl Esp {
         Ok(Esp { fs })
     }
 
+    /// Opens an existing FAT filesystem in `part` of `disk`, to add files.
+    pub fn open(disk: &File, part: &Partition) -> Result<Esp> {
+        let region = Region::new(disk, part.offset, part.size)?;
+        let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).context("the ESP is not a FAT filesystem kiln can read")?;
+        Ok(Esp { fs })
+    }
+
     /// Flushes the FAT and closes the filesystem.
     pub fn close(self, disk: &File, part: &Partition) -> Result<()> {
         self.fs.unmount().context("closing the ESP")?;

@@ -235,7 +235,12 @@ impl Staged {
 /// Clears the immutable flag of the deployments an older kiln staged under `dir` (in
 /// `dir/root`), so that the directory can be removed.
 pub fn clear_immutable_deployments(dir: &Path) {
-    for d in deployment_roots(&dir.join("root")) {
+    clear_immutable(&dir.join("root"));
+}
+
+/// Clears the immutable flag of the deployments of the ostree sysroot at `sysroot`.
+pub fn clear_immutable(sysroot: &Path) {
+    for d in deployment_roots(sysroot) {
         let _ = crate::ostree::deploy::set_immutable(&d, false);
     }
 }

@@ -163,6 +163,49 @@ pub fn clear<D: Device + ?Sized>(device: &D, geometry: Geometry) -> Result<()> {
     device.sync().context("syncing the cleared partition table")
 }
 
+/// One used entry of a GPT read from a disk.
+#[derive(Debug, Clone)]
+pub struct ReadEntry {
+    pub number: u32,
+    /// Upper-case, as layouts spell it.
+    pub type_guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
+/// The used entries of the primary GPT of a disk of `sector`-byte sectors (its header and
+/// entries checked by their CRCs); an empty list when the disk has no GPT.
+pub fn read_entries(file: &File, sector: u64) -> Result<Vec<ReadEntry>> {
+    let mut h = vec![0u8; sector as usize];
+    file.read_exact_at(&mut h, sector).context("reading the GPT header")?;
+    if &h[..8] != b"EFI PART" {
+        return Ok(Vec::new());
+    }
+    let u32at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let size = (u32at(&h, 12) as usize).clamp(HEADER_SIZE, sector as usize);
+    let crc = u32at(&h, 16);
+    let mut sealed = h[..size].to_vec();
+    seal_header(&mut sealed);
+    ensure!(u32at(&sealed, 16) == crc, "the GPT header's CRC does not match: the table is damaged");
+    let (lba, count, esize) = (u64at(&h, 72), u32at(&h, 80) as usize, u32at(&h, 84) as usize);
+    ensure!(esize >= 128 && count <= 1024, "the GPT header has {count} entries of {esize} bytes");
+    let mut entries = vec![0u8; count * esize];
+    file.read_exact_at(&mut entries, lba * sector).context("reading the GPT entries")?;
+    ensure!(crc32(&entries) == u32at(&h, 88), "the GPT entries' CRC does not match: the table is damaged");
+    Ok(entries
+        .chunks(esize)
+        .enumerate()
+        .filter(|(_, e)| e[..16].iter().any(|b| *b != 0))
+        .map(|(i, e)| ReadEntry {
+            number: i as u32 + 1,
+            type_guid: uuid::Uuid::from_bytes_le(e[..16].try_into().unwrap()).hyphenated().to_string().to_uppercase(),
+            first_lba: u64at(e, 32),
+            last_lba: u64at(e, 40),
+        })
+        .collect())
+}
+
 /// Sets a GPT header's CRC-32 (IEEE, the one gzip uses; flate2 has it) over its first
 /// `header size` bytes, the CRC field counted as zero.
 pub fn seal_header(h: &mut [u8]) {

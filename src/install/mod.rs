@@ -5,11 +5,12 @@
 //! and no boot code (`--preserve-on-error` keeps what was written, for a look at it).
 
 pub mod checks;
+pub mod to_filesystem;
 
 use anyhow::Result;
 
 use crate::bake;
-use crate::cli::{BakeArgs, OvaArgs, ToDiskArgs};
+use crate::cli::{BakeArgs, OvaArgs, SourceArgs, ToDiskArgs, ToFilesystemArgs};
 use crate::disk::{self, blockdev::BlockDevice, Disk};
 use crate::interrupt;
 use crate::progress::Progress;
@@ -46,19 +47,34 @@ impl ToDiskArgs {
     /// The bake's options for this install: the device sets the disk's size.
     fn bake_args(&self) -> BakeArgs {
         BakeArgs {
-            image: self.image.clone(),
-            types: Vec::new(),
-            output: std::env::temp_dir(),
             rootfs: self.filesystem.clone(),
             layout: Some(self.layout.clone().unwrap_or_else(|| DEFAULT_LAYOUT.into())),
-            size: None,
-            kargs: self.kargs.clone(),
-            target_imgref: self.target_imgref.clone(),
-            stateroot: self.stateroot.clone(),
-            seed: None,
-            force: false,
-            source: self.source.clone(),
-            ova: OvaArgs::default(),
+            ..install_bake_args(&self.image, &self.kargs, &self.target_imgref, &self.stateroot, &self.source)
         }
+    }
+}
+
+impl ToFilesystemArgs {
+    pub(crate) fn bake_args(&self) -> BakeArgs {
+        install_bake_args(&self.image, &self.kargs, &self.target_imgref, &self.stateroot, &self.source)
+    }
+}
+
+/// The bake options an install shares: no outputs, no seed (a machine's disk gets fresh ids).
+fn install_bake_args(image: &str, kargs: &[String], target_imgref: &Option<String>, stateroot: &str, source: &SourceArgs) -> BakeArgs {
+    BakeArgs {
+        image: image.to_string(),
+        types: Vec::new(),
+        output: std::env::temp_dir(),
+        rootfs: None,
+        layout: None,
+        size: None,
+        kargs: kargs.to_vec(),
+        target_imgref: target_imgref.clone(),
+        stateroot: stateroot.to_string(),
+        seed: None,
+        force: false,
+        source: source.clone(),
+        ova: OvaArgs::default(),
     }
 }
