@@ -68,11 +68,6 @@ impl PendingFile {
         &self.file
     }
 
-    /// Whether the file is unnamed (false: written under a partial name).
-    pub fn is_unnamed(&self) -> bool {
-        self.partial.is_none()
-    }
-
     /// Syncs the file and gives it the name `dest`, making its directory; a file already
     /// named `dest` is replaced in one step (it stays whole until then).
     pub fn persist(mut self, dest: &Path) -> Result<()> {
@@ -215,7 +210,7 @@ mod tests {
     fn unnamed_until_persisted_and_gone_when_dropped() {
         let d = scratch("unnamed");
         let p = PendingFile::create_for(&d.join("sub/disk.raw")).unwrap();
-        assert!(p.is_unnamed(), "this filesystem makes unnamed files");
+        assert!(p.partial.is_none(), "this filesystem makes unnamed files");
         std::io::Write::write_all(&mut p.file(), b"disk").unwrap();
         assert_eq!(names(&d), Vec::<String>::new());
         p.persist(&d.join("sub/disk.raw")).unwrap();
@@ -240,7 +235,7 @@ mod tests {
     fn partial_names_are_swept_only_when_abandoned() {
         let d = scratch("partial");
         let live = create_partial(&d, "disk.raw").unwrap();
-        assert!(!live.is_unnamed());
+        assert!(live.partial.is_some());
         let abandoned = d.join(partial_name("disk.qcow2"));
         std::fs::write(&abandoned, b"left by a dead kiln").unwrap();
         std::fs::write(d.join("precious"), b"user's").unwrap();

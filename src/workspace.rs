@@ -22,9 +22,8 @@ use anyhow::{bail, Context, Result};
 use crate::pending::{self, lock, lock_if_abandoned, same_file};
 use crate::progress::Progress;
 
-/// An output directory this run has to itself.
+/// An output directory this run has to itself, until dropped.
 pub struct OutputDir {
-    path: PathBuf,
     _lock: File,
 }
 
@@ -44,11 +43,7 @@ impl OutputDir {
         for d in std::iter::once(path).chain(subdirs.iter().map(PathBuf::as_path)) {
             remove_stale(d, progress);
         }
-        Ok(OutputDir { path: path.to_path_buf(), _lock: dir })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(OutputDir { _lock: dir })
     }
 }
 
