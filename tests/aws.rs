@@ -495,7 +495,7 @@ fn sigint_mid_upload_deletes_the_snapshot() {
     let moto = Moto::start("sigint");
     let raw = gpt_disk(s.path(), 64 << 20, X86_ROOT, true);
     moto.fault(json!({"slow_block_ms": 400}));
-    let mut child = kiln_cmd(
+    let child = kiln_cmd(
         &s,
         &["upload", "aws", "--aws-endpoint", &moto.url, "--aws-region", "us-east-1", "--aws-ami-name", "kiln-sigint", "--aws-upload-threads", "1", raw.to_str().unwrap()],
         &[],
