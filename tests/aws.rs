@@ -358,8 +358,43 @@ fn sts_key(response: &str) -> String {
     response[start..].split('<').next().unwrap().to_string()
 }
 
+/// tests/fixtures/metadata-server.py: IMDSv2 and ECS credentials on 127.0.0.1.
+struct Metadata {
+    child: std::process::Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Metadata {
+    fn start(s: &Scratch) -> Metadata {
+        let log = s.path().join("metadata.jsonl");
+        let mut child = Command::new(common::moto::venv().join("bin/python"))
+            .arg(common::repo().join("tests/fixtures/metadata-server.py"))
+            .arg("--log")
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let port = line.trim().strip_prefix("PORT=").expect("the metadata server did not start").to_string();
+        Metadata { child, url: format!("http://127.0.0.1:{port}"), log }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().map(String::from).collect()
+    }
+}
+
+impl Drop for Metadata {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
-fn credentials_from_the_environment_a_profile_and_web_identity() {
+fn credentials_from_the_environment_a_profile_web_identity_a_container_and_imds() {
     let s = Scratch::new("aws-credentials");
     let moto = Moto::start("credentials");
     let raw = gpt_disk(s.path(), 64 << 20, X86_ROOT, true);
@@ -419,6 +454,30 @@ fn credentials_from_the_environment_a_profile_and_web_identity() {
     let role_key = sts_key(assume["response"].as_str().unwrap());
     let used: Vec<&str> = requests.iter().filter(|r| r["service"] == "ec2" || r["service"] == "ebs").map(|r| r["akid"].as_str().unwrap()).collect();
     assert!(!used.is_empty() && used.iter().all(|k| *k == role_key), "{used:?} vs {role_key}");
+
+    // Container credentials (ECS) and EC2 instance metadata (IMDSv2), from a local server whose
+    // credentials expire within a minute: kiln renews them rather than signing with stale ones.
+    let meta = Metadata::start(&s);
+    let before = moto.requests().len();
+    ok(&run(
+        &args("kiln-ecs"),
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &format!("{}/ecs/credentials", meta.url)),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-token"),
+        ],
+    ));
+    let used: Vec<Value> = moto.requests().split_off(before);
+    let ebs: Vec<&Value> = used.iter().filter(|r| r["service"] == "ebs").collect();
+    assert!(!ebs.is_empty() && ebs.iter().all(|r| r["akid"] == "AKIAKILNECS"), "{used:?}");
+    let before = moto.requests().len();
+    ok(&run(&args("kiln-imds"), &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", ""), ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &meta.url)]));
+    let used: Vec<Value> = moto.requests().split_off(before);
+    let ebs: Vec<&Value> = used.iter().filter(|r| r["service"] == "ebs").collect();
+    assert!(!ebs.is_empty() && ebs.iter().all(|r| r["akid"] == "AKIAKILNIMDS"), "{used:?}");
+    let fetched = meta.requests().iter().filter(|l| l.contains("security-credentials/kiln-role")).count();
+    assert!(fetched >= 2, "credentials about to expire are renewed: fetched {fetched} times");
 
     // None at all: a clear error, nothing created. (The profile files are gone.)
     std::fs::remove_dir_all(&aws).unwrap();

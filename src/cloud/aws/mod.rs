@@ -274,7 +274,7 @@ impl Session {
         };
         self.deregister_old(old, home, progress)?;
         let stage = progress.stage("aws-register", None);
-        let image_id = self.ec2(home).register_image(&registration)?;
+        let image_id = self.register(home, &registration)?;
         ledger.images.push((home.to_string(), image_id.clone()));
         self.tag_new(home, &image_id, &image_tags)?;
         self.wait_available(home, &image_id)?;
@@ -440,6 +440,21 @@ impl Session {
         })
     }
 
+    /// RegisterImage is not idempotent: when a retried call finds the name taken, the image
+    /// holding our snapshot is the one the lost answer named.
+    fn register(&self, region: &str, r: &Registration) -> Result<String> {
+        let ec2 = self.ec2(region);
+        match ec2.register_image(r) {
+            Err(e) if http::error_code(&e) == Some("InvalidAMIName.Duplicate") => {
+                match ec2.images_named(&r.name)?.into_iter().find(|i| i.snapshots.contains(&r.snapshot_id)) {
+                    Some(i) => Ok(i.id),
+                    None => Err(e.context(format!("another AMI took the name {:?} meanwhile", r.name))),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Tags a new image, retrying while it is not visible yet.
     fn tag_new(&self, region: &str, image_id: &str, tags: &[(String, String)]) -> Result<()> {
         let ec2 = self.ec2(region);
@@ -463,6 +478,10 @@ impl Session {
         let mut failed = Vec::new();
         let mut attempt = |what: String, r: Result<()>| match r {
             Ok(()) => progress.info(&format!("deleted {what}")),
+            // Gone already (a retried delete whose first answer was lost).
+            Err(e) if http::error_code(&e).is_some_and(|c| c.ends_with(".NotFound") || c == "InvalidAMIID.Unavailable" || c == "NoSuchKey" || c == "NoSuchUpload") => {
+                progress.info(&format!("deleted {what}"))
+            }
             Err(e) => {
                 progress.warn(&format!("could not delete {what}: {e:#}"));
                 failed.push(what);
