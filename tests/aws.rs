@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -83,35 +82,19 @@ fn fails(o: &Output, expect: &[&str]) -> String {
 /// data in the last block.
 fn gpt_disk(dir: &Path, size: u64, root_type: &str, bios: bool) -> PathBuf {
     let raw = dir.join("disk.raw");
-    std::fs::File::create(&raw).unwrap().set_len(size).unwrap();
     let mut script = String::from("label: gpt\nsize=32MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n");
     if bios {
         script += "size=1MiB, type=21686148-6449-6E6F-744E-656564454649, name=bios\n";
     }
     script += &format!("type={root_type}, name=root\n");
-    let mut sf = Command::new("sfdisk").arg("-q").arg(&raw).stdin(Stdio::piped()).spawn().unwrap();
-    sf.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(sf.wait().unwrap().success());
-    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 24) as u8
-            })
-            .collect()
-    };
-    for (at, bytes) in [
-        (2 << 20, random(3 << 20)),
-        ((40 << 20) + 100 * 1024, random(700 * 1024)),
+    let mut noise = common::Noise(0x9e37_79b9_7f4a_7c15);
+    let writes = [
+        (2 << 20, noise.bytes(3 << 20)),
+        ((40 << 20) + 100 * 1024, noise.bytes(700 * 1024)),
         (64 << 20, vec![0u8; 4 << 20]),
-        (size - (1 << 20) - 4096, random(4096)),
-    ] {
-        f.write_all_at(&bytes, at).unwrap();
-    }
+        (size - (1 << 20) - 4096, noise.bytes(4096)),
+    ];
+    common::sfdisk_image(&raw, size, &script, &writes);
     raw
 }
 
