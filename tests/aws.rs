@@ -511,9 +511,24 @@ fn access_denied_names_the_call_region_and_credentials() {
     moto.fault(json!({"deny": ["RegisterImage"]}));
     fails(&upload(&s, &moto, &raw, "kiln-denied", &[]), &["EC2 RegisterImage", "deleted what was created: snapshot snap-"]);
     moto.assert_empty(&["us-east-1"], None);
+    // Expired credentials say so; throttling is retried.
+    moto.fault(json!({"expired": ["DescribeRegions"]}));
+    fails(&upload(&s, &moto, &raw, "kiln-denied", &[]), &["EC2 DescribeRegions in us-east-1 was refused because the credentials from the environment have expired", "renew them"]);
+    moto.fault(json!({"throttle": {"RegisterImage": 2, "DescribeImages": 1}}));
+    ok(&upload(&s, &moto, &raw, "kiln-throttled", &[]));
+    assert_eq!(moto.requests().iter().filter(|r| r["fault"] == "RequestLimitExceeded").count(), 3);
+    moto.fault(json!({}));
+    let st = moto.state(&["us-east-1"], None);
+    assert_eq!(st["us-east-1"]["images"].as_array().unwrap().len(), 1, "one image despite the retried RegisterImage: {st}");
+    let throttled = st["us-east-1"]["images"][0]["id"].as_str().unwrap().to_string();
     // …unless asked to keep it.
+    moto.fault(json!({"deny": ["RegisterImage"]}));
     let err = fails(&upload(&s, &moto, &raw, "kiln-denied", &["--aws-keep-on-error"]), &["kept (--aws-keep-on-error): snapshot snap-"]);
-    assert_eq!(moto.state(&["us-east-1"], None)["us-east-1"]["snapshots"].as_array().unwrap().len(), 1, "{err}");
+    moto.fault(json!({}));
+    let st = moto.state(&["us-east-1"], None);
+    let images: Vec<&str> = st["us-east-1"]["images"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(images, [throttled.as_str()], "{err}");
+    assert_eq!(st["us-east-1"]["snapshots"].as_array().unwrap().len(), 2, "the kept snapshot beside the throttled upload's: {err}");
 }
 
 #[test]

@@ -184,6 +184,21 @@ mod tests {
     }
 
     #[test]
+    fn only_blocks_overlapping_data_are_candidates() {
+        use std::os::unix::fs::FileExt;
+        let path = std::env::temp_dir().join(format!("kiln-ebs-blocks-{}.raw", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(&[0x55, 0xaa], 510).unwrap();
+        f.write_all_at(b"x", (1 << 20) + 100).unwrap();
+        f.write_all_at(&[1u8; 8192], (3 << 20) - 4096).unwrap();
+        let disk = RawDisk::open(&path).unwrap();
+        // Block 5 ends at 3 MiB; the write spans into block 6.
+        assert_eq!(blocks_with_data(&disk), [0, 2, 5, 6]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(volume_size_gib(1), 1);
         assert_eq!(volume_size_gib(1 << 30), 1);
