@@ -513,7 +513,7 @@ fn access_denied_names_the_call_region_and_credentials() {
     moto.assert_empty(&["us-east-1"], None);
     // Expired credentials say so; throttling is retried.
     moto.fault(json!({"expired": ["DescribeRegions"]}));
-    fails(&upload(&s, &moto, &raw, "kiln-denied", &[]), &["EC2 DescribeRegions in us-east-1 was refused because the credentials from the environment have expired", "renew them"]);
+    fails(&upload(&s, &moto, &raw, "kiln-denied", &[]), &["EC2 DescribeRegions in us-east-1 was refused because the credentials from the environment (AWS_ACCESS_KEY_ID) have expired", "renew them"]);
     moto.fault(json!({"throttle": {"RegisterImage": 2, "DescribeImages": 1}}));
     ok(&upload(&s, &moto, &raw, "kiln-throttled", &[]));
     assert_eq!(moto.requests().iter().filter(|r| r["fault"] == "RequestLimitExceeded").count(), 3);
