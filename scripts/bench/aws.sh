@@ -8,6 +8,8 @@
 # coldsnap is built here from crates.io (`cargo install`; its aws-sdk-ec2 takes ~10 minutes
 # and ~8 GB), cached in $KILN_BENCH_CACHE (default /var/cache/kiln-bench) — never in CI.
 # moto answers AWS's 512 KiB block size here (coldsnap trusts the answer; kiln does not ask).
+# coldsnap runs in its best mode for this: --omit-zero-blocks (its default sends every block),
+# --wait (kiln waits for the snapshot too, then registers the AMI).
 # usage: scripts/bench/aws.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$(realpath "$0")")/../.."
@@ -52,7 +54,7 @@ for size in 4G 16G; do
     measure "kiln-$size" ./target/release/kiln upload aws --progress quiet --aws-ami-name "bench-$size-$i" "$RAW"
     echo "$(blocks_since "$n")" > "$W/kiln-$size.blocks"
     reset_moto; n=$(wc -l < "$LOG")
-    measure "coldsnap-$size" "$COLDSNAP" upload "$RAW"
+    measure "coldsnap-$size" "$COLDSNAP" --region us-east-1 --endpoint "$URL" upload --no-progress --omit-zero-blocks --wait "$RAW"
     echo "$(blocks_since "$n")" > "$W/coldsnap-$size.blocks"
   done
   data=$(python3 -c "
