@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bootloader::{self, BiosBootPartition, BiosTarget, BootFilesystem, BootTarget, EspWriter};
 use crate::cli::BakeArgs;
+use crate::cloud::{self, aws};
 use crate::disk::{self, esp::Esp, layout::parse_size, table, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
@@ -24,7 +25,13 @@ use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
 
 pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     interrupt::install();
-    let formats = Format::parse_list(&args.types)?;
+    let (files, uploads) = cloud::split_types(&args.types);
+    let formats = if files.is_empty() && !uploads.is_empty() { Vec::new() } else { Format::parse_list(&files)? };
+    // Credentials and regions are checked before the long work.
+    let aws = match uploads.iter().any(|u| u == "ami") {
+        true => Some(aws::Session::connect(args.aws.config()?, progress)?),
+        false => None,
+    };
     let outputs: Vec<(Format, PathBuf)> = formats.iter().map(|f| (*f, f.path_in(&args.output))).collect();
     for (_, path) in &outputs {
         prepare_output(path, args.force)?;
@@ -33,7 +40,7 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     std::fs::create_dir_all(raw.parent().unwrap()).with_context(|| format!("cannot create {}", raw.parent().unwrap().display()))?;
     let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
     let result = bake_raw(args, partial.path(), progress);
-    interrupt::check().and(result)?;
+    let baked = interrupt::check().and(result)?;
     // One raw build feeds every format.
     let disk = RawDisk::open(partial.path())?;
     let mut written: Vec<Partial> = Vec::new();
@@ -43,6 +50,12 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
         // Kept only if the whole bake succeeds.
         written.push(Partial::new_existing(path.clone()));
         progress.info(&format!("wrote {}", path.display()));
+    }
+    if let Some(session) = &aws {
+        interrupt::check()?;
+        let facts = aws::DiskFacts::read(partial.path())?;
+        let uploaded = session.upload(&disk, &aws::aws_arch(&baked.arch)?, &facts, &baked.ami_name, progress)?;
+        cloud::report(&uploaded, progress);
     }
     if formats.contains(&Format::Raw) {
         std::fs::rename(partial.path(), &raw).with_context(|| format!("cannot move the finished disk to {}", raw.display()))?;
@@ -97,7 +110,15 @@ impl Drop for Partial {
     }
 }
 
-fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
+/// What the bake learnt that later stages need.
+struct Baked {
+    /// The image's architecture (OCI naming).
+    arch: String,
+    /// The default AMI name: the image's name and version.
+    ami_name: String,
+}
+
+fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<Baked> {
     let opts = args.source.open_options();
     let image = Image::open(&args.image, &opts)?;
     image.require_bootable_label()?;
@@ -188,7 +209,21 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
         .and_then(|f| f.sync_all())
         .with_context(|| format!("writing {} failed (is its disk full?)", raw.display()))?;
     stage.finish();
-    Ok(())
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image) })
+}
+
+/// The image's title and version labels, else its repository's name and manifest digest.
+fn default_ami_name(image: &Image) -> String {
+    let labels = image.labels();
+    let name = labels.get("org.opencontainers.image.title").cloned().unwrap_or_else(|| {
+        let reference = image.source.registry_form().unwrap_or_else(|| image.source.to_string());
+        let repo = reference.rsplit('/').next().unwrap_or("image");
+        repo.split([':', '@']).next().unwrap_or(repo).to_string()
+    });
+    let version = labels.get("org.opencontainers.image.version").cloned().unwrap_or_else(|| {
+        image.manifest_digest.trim_start_matches("sha256:").chars().take(12).collect()
+    });
+    aws::default_ami_name(&name, &version)
 }
 
 /// Fails early when the output's filesystem cannot hold the disk's data (the raw file is
