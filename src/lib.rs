@@ -7,6 +7,7 @@ pub mod bake;
 pub mod bootloader;
 pub mod cli;
 pub mod config;
+pub mod customize;
 pub mod disk;
 pub mod fsmeta;
 pub mod interrupt;
