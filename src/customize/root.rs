@@ -21,6 +21,8 @@ pub struct SystemRoot {
 pub enum Content<'a> {
     File(&'a [u8]),
     Dir,
+    /// A symbolic link to this target (its mode is ignored).
+    Symlink(&'a str),
 }
 
 impl SystemRoot {
@@ -98,6 +100,12 @@ impl SystemRoot {
         Ok(fs::symlink_metadata(host).ok().map(|m| (m.mode() & 0o7777, m.uid(), m.gid())))
     }
 
+    /// Whether anything (a dangling link too) is at runtime `path`.
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        let host = self.host(&self.resolve(path)?);
+        Ok(host.symlink_metadata().is_ok())
+    }
+
     pub fn is_dir(&self, path: &str) -> Result<bool> {
         Ok(self.host(&self.resolve(path)?).is_dir())
     }
@@ -129,6 +137,14 @@ impl SystemRoot {
                 Ok(_) => bail!("cannot make the directory {path}: the image has a file there"),
                 Err(_) => fs::create_dir(&host).with_context(|| format!("cannot create {}", what()))?,
             },
+            Content::Symlink(target) => {
+                if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
+                    bail!("cannot make the link {path}: the image has a directory there");
+                }
+                let _ = fs::remove_file(&host);
+                std::os::unix::fs::symlink(target, &host).with_context(|| format!("cannot create {}", what()))?;
+                return std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).with_context(|| format!("cannot set the owner of {}", what()));
+            }
         }
         std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).with_context(|| format!("cannot set the owner of {}", what()))?;
         fs::set_permissions(&host, fs::Permissions::from_mode(mode)).with_context(|| format!("cannot set the mode of {}", what()))?;
