@@ -423,7 +423,7 @@ partition_table:
     #[test]
     fn bibs_disk_yaml_becomes_a_layout() {
         let e = parse(DISK_YAML).unwrap_err().to_string();
-        assert!(e.contains("line 37") && e.contains("{type: ext4}"), "{e}");
+        assert!(e.contains("line 35") && e.contains("{type: ext4}"), "{e}");
         let text = DISK_YAML.replace("    payload: {type: ext4}\n", "    payload:\n      type: ext4 # a comment\n      mountpoint: '/var/lib/data'\n");
         let (l, fs) = parse(&text).unwrap();
         assert_eq!(fs.as_deref(), Some("ext4"));
