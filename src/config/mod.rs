@@ -636,15 +636,20 @@ fn disk_table(d: schema::Disk) -> Result<DiskTable> {
     Ok(table)
 }
 
-/// Mountpoints a `[customizations.disk]` partition may have on a bootc disk: `/`, `/boot`,
-/// `/boot/efi`, and directories under /var as for `[[customizations.filesystem]]`.
+/// Mountpoints a `[customizations.disk]` partition may have on a bootc disk. bib checks no
+/// policy here (its manifest test mounts a partition on /var); kiln takes `/`, `/boot`,
+/// `/boot/efi`, and /var or anything under it but the links into /run: elsewhere the tree is
+/// the read-only image, or a link a mount cannot cover.
 fn check_disk_mountpoint(m: &str, fs: Option<&str>) -> Result<()> {
+    let under = |base: &str| m == base || m.starts_with(&format!("{base}/"));
     match m {
         "/boot/efi" if fs.is_some_and(|f| f != "vfat") => bail!("/boot/efi must be vfat"),
-        "/boot/efi" => Ok(()),
         "/boot" if fs.is_some_and(|f| !["ext4", "xfs"].contains(&f)) => bail!("/boot must be ext4 or xfs"),
-        _ if m != "/boot/efi" && fs == Some("vfat") => bail!("only /boot/efi may be vfat"),
-        _ => check_mountpoint(m),
+        "/" | "/boot" | "/boot/efi" => Ok(()),
+        _ if fs == Some("vfat") => bail!("only /boot/efi may be vfat"),
+        _ if under("/var/run") || under("/var/lock") => bail!("mountpoint {m} is not allowed: it is a link into /run (tmpfs)"),
+        _ if under("/var") => Ok(()),
+        _ => bail!("mountpoint {m} is not allowed: on a bootc disk, partitions are mounted at /, /boot, /boot/efi, /var or under /var (the rest is the read-only image)"),
     }
 }
 

@@ -231,3 +231,44 @@ fn installer_settings_are_carried() {
     let e = err(toml("[customizations.installer]\nunattended = true\n"));
     assert!(e.contains("target-disk"), "{e}");
 }
+
+/// The configs of bib's manifest tests (bootc-image-builder/test/test_manifest.py) and what
+/// kiln makes of each: parsed, or refused with the reason.
+#[test]
+fn bib_manifest_test_configs() {
+    let crypted = toml("[[customizations.user]]\nname = \"alice\"\npassword = \"$5$xx$aabbccddeeffgghhiijj\"  # notsecret\nkey = \"ssh-rsa AAA ... user@email.com\"\ngroups = [\"wheel\"]\n").unwrap();
+    assert_eq!(crypted.users[0].password, Some(Password::Crypted("$5$xx$aabbccddeeffgghhiijj".into())));
+
+    let e = err(json(r#"{"blueprint": {"customizations": {"filesystem": [{"mountpoint": "/", "minsize": "12GiB"}, {"mountpoint": "/var/log", "minsize": "1GiB"}, {"mountpoint": "/ostree", "minsize": "10GiB"}]}}}"#));
+    assert!(e.contains("customizations.filesystem[2].mountpoint") && e.contains("/ostree is not allowed"), "{e}");
+
+    for fs in [
+        r#"{"/var/data": "2 GiB", "/var/stuff": "10 GiB"}"#,
+        r#"{"/": "2 GiB", "/boot": "1 GiB"}"#,
+        r#"{"/": "2 GiB", "/boot": "1 GiB", "/var/data": "42 GiB"}"#,
+        r#"{"/": "2 GiB"}"#,
+    ] {
+        let m: serde_json::Map<String, serde_json::Value> = serde_json::from_str(fs).unwrap();
+        let list: Vec<_> = m.iter().map(|(k, v)| serde_json::json!({"mountpoint": k, "minsize": v})).collect();
+        json(&serde_json::json!({"customizations": {"filesystem": list}}).to_string()).unwrap();
+    }
+
+    let e = err(json(r#"{"customizations": {"fips": true}}"#));
+    assert!(e.contains("customizations.fips") && e.contains("fips=1"), "{e}");
+    let e = err(toml("[[customizations.disk.partitions]]\ntype = \"lvm\"\nminsize = \"10 GiB\"\n\n[[customizations.disk.partitions.logical_volumes]]\nminsize = \"10 GiB\"\nfs_type = \"ext4\"\nmountpoint = \"/\"\n"));
+    assert!(e.contains("LVM is not supported"), "{e}");
+    let e = err(toml("[customizations.disk]\ntype = \"dos\"\n"));
+    assert!(e.contains("customizations.disk.type") && e.contains("GPT"), "{e}");
+    let b = json(r#"{"customizations": {"disk": {"partitions": [{"type": "btrfs", "minsize": "10 GiB", "subvolumes": [{"name": "root", "mountpoint": "/"}]}]}}}"#).unwrap();
+    assert!(matches!(b.disk, Some(DiskConfig::Partitions(_))), "parses; the bake refuses a root subvolume (disk::custom)");
+    json(r#"{"customizations": {"disk": {"partitions": [{"minsize": "2 GiB", "fs_type": "swap"}]}}}"#).unwrap();
+    let e = err(json(r#"{"customizations": {"disk": {"partitions": [{"type": "lvm", "minsize": "10 GiB", "logical_volumes": [{"minsize": "2 GiB", "fs_type": "swap"}]}]}}}"#));
+    assert!(e.contains("LVM"), "{e}");
+    let f = json(r#"{"blueprint": {"customizations": {"files": [{"path": "/etc/custom_file", "data": "hello world"}], "directories": [{"path": "/etc/custom_dir"}]}}}"#).unwrap();
+    assert_eq!((f.files.len(), f.directories.len()), (1, 1));
+    json(r#"{"blueprint": {"customizations": {"filesystem": [{"mountpoint": "/boot", "minsize": "3GiB"}]}}}"#).unwrap();
+    let v = json(r#"{"blueprint": {"customizations": {"disk": {"partitions": [{"label": "var", "mountpoint": "/var", "fs_type": "ext4", "minsize": "3 GiB"}]}}}}"#).unwrap();
+    assert!(matches!(v.disk, Some(DiskConfig::Partitions(_))));
+    let e = err(json(r#"{"customizations": {"disk": {"partitions": [{"mountpoint": "/usr", "fs_type": "ext4", "minsize": "3 GiB"}]}}}"#));
+    assert!(e.contains("/usr is not allowed"), "{e}");
+}

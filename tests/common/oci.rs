@@ -90,11 +90,7 @@ pub fn write_layout(dir: &Path, layers: &[LayerBlob], labels: serde_json::Value,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
         "layers": descs});
     let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
-    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    format!("oci:{}:latest", dir.display())
+    write_index(dir, &md, ms)
 }
 
 /// The blob files of a layout's layers, in manifest order.
@@ -132,8 +128,13 @@ pub fn append_layer(src: &Path, dir: &Path, layer: &LayerBlob) -> String {
     manifest["config"]["digest"] = json!(cd);
     manifest["config"]["size"] = json!(cs);
     let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    write_index(dir, &md, ms)
+}
+
+/// The layout's index (one manifest tagged `latest`) and marker; returns its `oci:` reference.
+fn write_index(dir: &Path, manifest_digest: &str, manifest_size: usize) -> String {
     let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+        "digest": manifest_digest, "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     format!("oci:{}:latest", dir.display())
