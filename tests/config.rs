@@ -362,3 +362,90 @@ fn a_user_clashing_with_an_image_users_uid_is_refused() {
         &["c.toml", "customizations.user[0].uid", "uid 65534", "\"nobody\""],
     );
 }
+
+/// `[customizations.disk]`: swap, a btrfs volume with two subvolumes and an xfs partition,
+/// checked on the disk by sfdisk, blkid, btrfs (on a loop mount) and the deployment's fstab.
+#[test]
+fn a_disk_customization_makes_swap_btrfs_subvolumes_and_xfs() {
+    let s = Scratch::new("config-disk-custom");
+    let cfg = s.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        r#"[customizations.disk]
+[[customizations.disk.partitions]]
+fs_type = "swap"
+label = "swap"
+minsize = "64 MiB"
+
+[[customizations.disk.partitions]]
+type = "btrfs"
+minsize = "256 MiB"
+part_label = "state"
+
+[[customizations.disk.partitions.subvolumes]]
+name = "log"
+mountpoint = "/var/log"
+
+[[customizations.disk.partitions.subvolumes]]
+name = "cache"
+mountpoint = "/var/cache"
+
+[[customizations.disk.partitions]]
+mountpoint = "/var/lib/xdata"
+fs_type = "xfs"
+label = "xdata"
+minsize = "320 MiB"
+"#,
+    )
+    .unwrap();
+    let raw = bake(&s, &image_ref(), &["--rootfs", "ext4", "--config", cfg.to_str().unwrap()], None);
+    let t = sfdisk(&raw);
+    let parts = t["partitiontable"]["partitions"].as_array().unwrap().clone();
+    let types: Vec<&str> = parts.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "21686148-6449-6E6F-744E-656564454649",
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+            "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        ],
+        "{t}"
+    );
+    assert_eq!(parts[3]["name"], "state");
+    let blkid = |i: usize| run(Command::new("blkid").args(["-p", "-o", "export", "-O"]).arg((parts[i]["start"].as_u64().unwrap() * 512).to_string()).arg(&raw));
+    let (swap, btrfs, xfs) = (blkid(2), blkid(3), blkid(4));
+    assert!(swap.contains("TYPE=swap") && swap.contains("LABEL=swap"), "{swap}");
+    assert!(btrfs.contains("TYPE=btrfs"), "{btrfs}");
+    assert!(xfs.contains("TYPE=xfs") && xfs.contains("LABEL=xdata"), "{xfs}");
+    let uuid = |b: &str| b.lines().find_map(|l| l.strip_prefix("UUID=")).unwrap().to_string();
+
+    // Mounted read-only through loop devices of their own: btrfs lists the subvolumes, the
+    // root holds the fstab.
+    let mount = |i: usize, at: &Path| {
+        std::fs::create_dir_all(at).unwrap();
+        let (start, size) = (parts[i]["start"].as_u64().unwrap() * 512, parts[i]["size"].as_u64().unwrap() * 512);
+        run(Command::new("mount").arg("-o").arg(format!("ro,loop,offset={start},sizelimit={size}")).arg(&raw).arg(at));
+    };
+    let (bmnt, rmnt) = (s.path().join("btrfs"), s.path().join("root"));
+    mount(3, &bmnt);
+    let list = run(Command::new("btrfs").args(["subvolume", "list"]).arg(&bmnt));
+    run(Command::new("umount").arg("-d").arg(&bmnt));
+    assert!(list.contains("path log") && list.contains("path cache"), "{list}");
+    mount(5, &rmnt);
+    let deploy = std::fs::read_dir(rmnt.join("ostree/deploy/default/deploy")).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    let fstab = std::fs::read_to_string(deploy.join("etc/fstab"));
+    run(Command::new("umount").arg("-d").arg(&rmnt));
+    let fstab = fstab.unwrap();
+    for line in [
+        format!("UUID={} none swap defaults 0 0", uuid(&swap)),
+        format!("UUID={} /var/cache btrfs subvol=cache 0 0", uuid(&btrfs)),
+        format!("UUID={} /var/lib/xdata xfs defaults 0 0", uuid(&xfs)),
+        format!("UUID={} /var/log btrfs subvol=log 0 0", uuid(&btrfs)),
+    ] {
+        assert!(fstab.lines().any(|l| l == line), "fstab lacks {line:?}:\n{fstab}");
+    }
+    assert_eq!(common::loops_under(s.path()), Vec::<String>::new());
+}

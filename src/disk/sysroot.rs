@@ -39,6 +39,9 @@ impl Sysroot {
     /// Makes the root and /boot filesystems of `plan` inside `image` and mounts them under
     /// `workdir` (which must exist and be empty).
     pub fn create(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+        // Data partitions first: mkfs.btrfs refuses a loop device whose backing file has
+        // another loop device mounted (the root's), whatever the offsets.
+        format_data(image, plan, workdir)?;
         let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None };
         s.attach_format_mount(image, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
@@ -46,7 +49,6 @@ impl Sysroot {
             std::fs::create_dir_all(&at)?;
             s.attach_format_mount(image, boot, &at)?;
         }
-        format_data(image, plan, workdir)?;
         Ok(s)
     }
 
