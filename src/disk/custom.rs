@@ -41,7 +41,7 @@ pub fn apply(base: &Layout, disk: &DiskConfig, root_fs: &str) -> Result<Layout> 
                         None => {
                             let at = l.partitions.iter().position(|p| p.role == Role::Root).unwrap_or(l.partitions.len());
                             let fs = if root_fs == "xfs" { "xfs" } else { "ext4" };
-                            l.partitions.insert(at, boot_spec(m.min_size.max(1 << 30), fs));
+                            l.partitions.insert(at, boot_spec(m.min_size, fs));
                         }
                     },
                     mp => {
