@@ -15,7 +15,7 @@ PKGS=(
   grub-efi-amd64-bin grub-pc-bin grub-common
   # local registry tests
   docker-registry apache2-utils
-  python3 python3-venv ca-certificates curl time
+  python3 python3-venv ca-certificates openssl curl time
   # building kiln: TLS for registry pulls links the system OpenSSL
   libssl-dev pkg-config
 )

@@ -72,6 +72,13 @@ pub struct BakeArgs {
     /// Extra kernel argument, repeatable.
     #[arg(long = "karg")]
     pub kargs: Vec<String>,
+    /// Build config (bootc-image-builder's config.toml or config.json; - reads JSON from
+    /// stdin): users, groups, kernel arguments, partitions, files.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// An authorized_keys file for root, installed as bootc does (a tmpfiles.d drop-in).
+    #[arg(long)]
+    pub root_ssh_authorized_keys: Option<PathBuf>,
     /// The image reference the installed system updates from.
     #[arg(long)]
     pub target_imgref: Option<String>,

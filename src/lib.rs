@@ -7,6 +7,8 @@ pub mod bake;
 pub mod bootloader;
 pub mod cli;
 pub mod cloud;
+pub mod config;
+pub mod customize;
 pub mod disk;
 pub mod fsmeta;
 pub mod interrupt;
