@@ -9,6 +9,10 @@
 //! written (`pending`), the mounts are in kiln's own namespace (`disk::mountns`), their mount
 //! points in a run directory the next run removes (`workspace`), and the disk's partition
 //! table is committed last (`disk::table`).
+//!
+//! `kiln install to-disk` runs the same stages with a block device as the disk
+//! ([`write_disk`], `disk::Target`), `install to-filesystem` the deployment and bootloader
+//! stages ([`write_system`]) on filesystems it found.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -18,7 +22,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::bootloader::{self, BiosBootPartition, BiosTarget, BootFilesystem, BootTarget, EspWriter};
 use crate::cli::BakeArgs;
-use crate::disk::{self, esp::Esp, layout::parse_size, table, Disk, Ids, Layout, Role, Sysroot};
+use crate::cloud::{self, aws};
+use crate::config::{self, BuildConfig};
+use crate::customize::{self, root::SystemRoot};
+use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Disk, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
 use crate::ostree::{self, kargs, object::Kind, Repo};
@@ -29,11 +36,49 @@ use crate::progress::Progress;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
 use crate::workspace::{OutputDir, RunDir};
 
+/// What the user gives besides the image, read (and checked) before anything is written.
+pub struct Inputs {
+    config: Option<BuildConfig>,
+    root_ssh_keys: Option<String>,
+}
+
+impl Inputs {
+    pub fn read(args: &BakeArgs) -> Result<Inputs> {
+        let config = args.config.as_deref().map(config::load).transpose()?;
+        let root_ssh_keys = args
+            .root_ssh_authorized_keys
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("--root-ssh-authorized-keys: cannot read {}", p.display())))
+            .transpose()?;
+        Ok(Inputs { config, root_ssh_keys })
+    }
+}
+
+/// The image turned out, once its files were in the repository, to describe its own disk
+/// (disk.yaml, or bib's embedded config): the disk is laid out again with these files.
+#[derive(Debug)]
+struct ImageDiskFound(BTreeMap<String, Vec<u8>>);
+
+impl std::fmt::Display for ImageDiskFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "the image describes its own disk")
+    }
+}
+
+impl std::error::Error for ImageDiskFound {}
+
 pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     // First, before any thread starts: the mounts this run makes live and die with it.
     disk::mountns::enter_private()?;
     interrupt::install();
-    let formats = Format::parse_list(&args.types)?;
+    let inputs = Inputs::read(args)?;
+    let (files, uploads) = cloud::split_types(&args.types);
+    let formats = if files.is_empty() && !uploads.is_empty() { Vec::new() } else { Format::parse_list(&files)? };
+    // Credentials and regions are checked before the long work.
+    let aws = match uploads.iter().any(|u| u == "ami") {
+        true => Some(aws::Session::connect(args.aws.config()?, progress)?),
+        false => None,
+    };
     let _claim = OutputDir::claim(&args.output, &Format::dirs_in(&args.output), progress)?;
     let outputs: Vec<(Format, PathBuf)> = formats.iter().map(|f| (*f, f.path_in(&args.output))).collect();
     for (_, path) in &outputs {
@@ -42,13 +87,13 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
         }
     }
     // The raw disk has no name until the end (none at all unless it was asked for); one
-    // raw build feeds every format.
+    // raw build feeds every format and the upload.
     let raw_dest = Format::Raw.path_in(&args.output);
     let raw = PendingFile::create_for(&raw_dest)?;
     let run_dir = RunDir::create(progress)?;
     let disk = Disk::image(raw.file().try_clone()?, raw_dest.display().to_string());
-    let result = write_disk(args, &disk, run_dir.path(), progress);
-    interrupt::check().and(result)?;
+    let result = write_disk(args, &inputs, &disk, run_dir.path(), progress);
+    let baked = interrupt::check().and(result)?;
     let raw_disk = RawDisk::from_file(raw.file().try_clone()?, &raw_dest)?;
     let mut written = Vec::new();
     for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
@@ -57,15 +102,61 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
         output::write(*format, &raw_disk, &out, path, &args.ova.options(), progress)?;
         written.push((out, path.clone()));
     }
+    if let Some(session) = &aws {
+        interrupt::check()?;
+        // The raw disk has no name yet: read through its descriptor.
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::unix::io::AsRawFd::as_raw_fd(raw.file())));
+        let facts = aws::DiskFacts::read(&fd_path)?;
+        let uploaded = session.upload(&raw_disk, &aws::aws_arch(&baked.arch)?, &facts, &baked.ami_name, progress)?;
+        cloud::report(&uploaded, progress);
+    }
     if formats.contains(&Format::Raw) {
         written.push((raw, raw_dest));
     }
     output::name_all(written, progress)
 }
 
+/// What the bake learnt that later stages need.
+pub struct Baked {
+    /// The image's architecture (OCI naming).
+    arch: String,
+    /// The default AMI name: the image's name and version.
+    ami_name: String,
+}
+
+/// The files of the image the disk's layout depends on: the bootc install configuration and
+/// the image's own disk description.
+fn layout_files(path: &str) -> bool {
+    kargs::wanted(path) || disk::image::wanted(path)
+}
+
 /// Writes the disk (an image file, or a block device for `kiln install to-disk`): its table,
-/// filesystems, deployment and bootloader; mount points go in `run_dir`.
-pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progress) -> Result<()> {
+/// filesystems, deployment and bootloader; mount points go in `run_dir`. When the image turns
+/// out to describe its own disk (found only once its files are in the repository), the disk
+/// is laid out again with that description.
+pub fn write_disk(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path, progress: &Progress) -> Result<Baked> {
+    let mut image_files = None;
+    loop {
+        match write_disk_once(args, inputs, disk, run_dir, progress, image_files.take()) {
+            Err(e) => match e.downcast::<ImageDiskFound>() {
+                Ok(found) => {
+                    progress.info("the image describes its own disk (disk.yaml or an embedded build config): laying the disk out again with it");
+                    if disk.fixed_size().is_none() {
+                        disk.file.set_len(0).with_context(|| format!("cannot empty {}", disk.name))?;
+                    }
+                    image_files = Some(found.0);
+                }
+                Err(e) => return Err(e),
+            },
+            Ok(baked) => return Ok(baked),
+        }
+    }
+}
+
+/// `image_files`: the image's files that decide the layout, when a previous attempt found
+/// them; otherwise they come from a scan (without `--rootfs`) or are looked at after the
+/// commit.
+fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path, progress: &Progress, image_files: Option<BTreeMap<String, Vec<u8>>>) -> Result<Baked> {
     let (image, platform) = open_image(args, progress)?;
 
     // What the disk needs to know before it exists.
@@ -78,8 +169,8 @@ pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progr
     };
     // The root filesystem type comes from the image's install configuration unless given;
     // reading it takes a pass over the layers.
-    let scan = if args.rootfs.is_none() {
-        let s = tree::scan::scan(&image, &kargs::wanted, progress)?;
+    let scan = if args.rootfs.is_none() && image_files.is_none() {
+        let s = tree::scan::scan(&image, &layout_files, progress)?;
         if tree::kernels(&s.root).is_empty() {
             bail!("{} has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is it a bootc image?)", image.describe());
         }
@@ -87,18 +178,26 @@ pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progr
     } else {
         None
     };
-    let rootfs = match (&args.rootfs, &scan) {
+    let files = image_files.as_ref().or(scan.as_ref().map(|s| &s.files));
+    let image_disk = files.map(ImageDisk::from_files).transpose()?.unwrap_or_default();
+    let image_disk_known = files.is_some();
+    let disk_yaml_fs = image_disk.layout.as_ref().and_then(|(_, fs)| fs.clone());
+    let rootfs = match (&args.rootfs, files) {
         (Some(fs), _) => fs.clone(),
-        (None, Some(s)) => kargs::install_config(&s.files, &platform.arch.kernel)?.root_fs_type.with_context(|| {
-            format!(
-                "no root filesystem type: the image has no [install.filesystem.root] type in /usr/lib/bootc/install/; pass --rootfs {}",
-                disk::mkfs::supported().join("|")
-            )
-        })?,
+        (None, Some(files)) => match disk_yaml_fs.clone() {
+            // image-builder takes the root's type from disk.yaml before the install config.
+            Some(fs) => fs,
+            None => kargs::install_config(files, &platform.arch.kernel)?.root_fs_type.with_context(|| {
+                format!(
+                    "no root filesystem type: the image has no [install.filesystem.root] type in /usr/lib/bootc/install/; pass --rootfs {}",
+                    disk::mkfs::supported().join("|")
+                )
+            })?,
+        },
         (None, None) => unreachable!("scanned when --rootfs is missing"),
     };
     disk::mkfs::check_supported(&rootfs)?;
-    let layout = Layout::load(args.layout.as_deref().unwrap_or(&platform.arch.default_layout))?;
+    let layout = choose_layout(args, inputs, &image_disk, &platform, &rootfs, progress)?;
     let content = match (&scan, disk_size) {
         (Some(s), _) => s.content_bytes,
         // With --size only a lower bound is needed to refuse a disk too small.
@@ -120,6 +219,8 @@ pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progr
     // The table is committed last: until then the disk has none.
     let table = disk.prepare_table(&plan)?;
     let workdir = run_dir.join("sysroot");
+    // An empty mount point an earlier attempt of this run left.
+    let _ = std::fs::remove_dir(&workdir);
     std::fs::create_dir(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
     let sysroot = if ids.is_seeded() {
         Sysroot::create_staged(disk, &plan, &workdir, &args.output)?
@@ -142,7 +243,8 @@ pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progr
         disk: &disk.file,
         partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
     });
-    write_system(args, &image, &platform, &plan, &sysroot.root, esp.as_mut().map(|e| e as &mut dyn EspWriter), bios, progress)?;
+    let target = SystemTarget { plan: &plan, sysroot: &sysroot.root, ids: &ids, image_disk_known };
+    write_system(args, inputs, &image, &platform, &target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
         e.close(&disk.file, p)?;
     }
@@ -152,7 +254,7 @@ pub fn write_disk(args: &BakeArgs, disk: &Disk, run_dir: &Path, progress: &Progr
     table.commit()?;
     disk.file.sync_all().with_context(|| format!("writing {} failed (is its disk full?)", disk.name))?;
     stage.finish();
-    Ok(())
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image) })
 }
 
 /// Opens the image, checks it is bootable, finds its platform and fetches its layers.
@@ -167,21 +269,32 @@ pub fn open_image(args: &BakeArgs, progress: &Progress) -> Result<(Image, Platfo
     Ok((image, platform))
 }
 
-/// Writes the system into a sysroot whose filesystems `plan` describes (made by kiln, or
-/// found by `install to-filesystem`): the deployment, then the bootloader into `esp` and
+/// The filesystems a system is written into: made by kiln (`plan`'s), or found by `install
+/// to-filesystem`, mounted at `sysroot`.
+pub struct SystemTarget<'a> {
+    pub plan: &'a disk::Plan,
+    pub sysroot: &'a Path,
+    pub ids: &'a Ids,
+    /// The image's own disk description was known when the disk was laid out (or does not
+    /// matter: the filesystems exist).
+    pub image_disk_known: bool,
+}
+
+/// Writes the system into its sysroot: the deployment, then the bootloader into `esp` and
 /// `bios`.
 #[allow(clippy::too_many_arguments)]
 pub fn write_system(
     args: &BakeArgs,
+    inputs: &Inputs,
     image: &Image,
     platform: &Platform,
-    plan: &disk::Plan,
-    sysroot: &Path,
+    target: &SystemTarget<'_>,
     esp: Option<&mut (dyn EspWriter + 'static)>,
     bios: Option<BiosTarget<'_>>,
     progress: &Progress,
 ) -> Result<()> {
-    let deployment = write_deployment(args, image, platform, plan, sysroot, progress).map_err(explain_enospc)?;
+    let SystemTarget { plan, sysroot, ids, image_disk_known } = *target;
+    let deployment = write_deployment(args, inputs, image, platform, plan, sysroot, ids, image_disk_known, progress).map_err(explain_enospc)?;
     let stage = progress.stage("bootloader", None);
     let boot_part = plan.part(Role::Boot);
     let boot_dir = sysroot.join("boot");
@@ -198,6 +311,68 @@ pub fn write_system(
     bootloader::install(&platform.bootloader, &deployment.dir, target)?;
     stage.finish();
     Ok(())
+}
+
+/// The image's title and version labels, else its repository's name and manifest digest.
+fn default_ami_name(image: &Image) -> String {
+    let labels = image.labels();
+    let name = labels.get("org.opencontainers.image.title").cloned().unwrap_or_else(|| {
+        let reference = image.source.registry_form().unwrap_or_else(|| image.source.to_string());
+        let repo = reference.rsplit('/').next().unwrap_or("image");
+        repo.split([':', '@']).next().unwrap_or(repo).to_string()
+    });
+    let version = labels.get("org.opencontainers.image.version").cloned().unwrap_or_else(|| {
+        image.manifest_digest.trim_start_matches("sha256:").chars().take(12).collect()
+    });
+    aws::default_ami_name(&name, &version)
+}
+
+/// The partition layout: `--layout`, else the image's disk.yaml, else the platform's; changed
+/// by the build config's filesystem or disk customizations, else by those of the config the
+/// image embeds.
+fn choose_layout(args: &BakeArgs, inputs: &Inputs, image_disk: &ImageDisk, platform: &Platform, rootfs: &str, progress: &Progress) -> Result<Layout> {
+    let base = match (&args.layout, &image_disk.layout) {
+        (Some(l), _) => Layout::load(l)?,
+        (None, Some((l, _))) => l.clone(),
+        (None, None) => Layout::load(&platform.arch.default_layout)?,
+    };
+    let custom = match inputs.config.as_ref().and_then(|c| c.disk.as_ref()) {
+        Some(d) => Some(d),
+        None => {
+            if image_disk.config.is_some() {
+                progress.info("using the partitions of the image's embedded build config (/usr/lib/bootc-image-builder/config)");
+            }
+            image_disk.config.as_ref()
+        }
+    };
+    match custom {
+        Some(d) => disk::custom::apply(&base, d, rootfs),
+        None => Ok(base),
+    }
+}
+
+/// The day passwords are set (shadow's lastchg, days since 1970-01-01): today, or for a seeded
+/// (reproducible) bake the image's creation date.
+fn password_day(image: &Image, seeded: bool) -> Option<i64> {
+    let secs = if seeded {
+        let created = serde_json::from_slice::<serde_json::Value>(&image.config_bytes).ok()?.get("created")?.as_str()?.to_string();
+        days_from_date(&created)? * 86400
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64
+    };
+    Some(secs / 86400)
+}
+
+/// Days since 1970-01-01 of an RFC 3339 date (`2025-05-20T…`).
+fn days_from_date(s: &str) -> Option<i64> {
+    let (y, m, d): (i64, i64, i64) = (s.get(0..4)?.parse().ok()?, s.get(5..7)?.parse().ok()?, s.get(8..10)?.parse().ok()?);
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146097 + doe - 719468)
 }
 
 /// Fails early when the output's filesystem cannot hold the disk's data (the raw file is
@@ -221,12 +396,16 @@ fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
 }
 
 /// Applies the image into an ostree repository on the sysroot, commits and deploys it.
+#[allow(clippy::too_many_arguments)]
 fn write_deployment(
     args: &BakeArgs,
+    inputs: &Inputs,
     image: &Image,
     platform: &Platform,
     plan: &disk::Plan,
     sysroot: &Path,
+    ids: &Ids,
+    image_disk_known: bool,
     progress: &Progress,
 ) -> Result<ostree::Deployment> {
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
@@ -248,11 +427,21 @@ fn write_deployment(
     stage.finish();
 
     let stage = progress.stage("deploy", None);
-    let config = read_files(&repo, &root, &kargs::wanted)?;
-    let install = kargs::install_config(&config, &platform.arch.kernel)?;
+    let files = read_files(&repo, &root, &layout_files)?;
+    if !image_disk_known {
+        let found = ImageDisk::from_files(&files)?;
+        let user_disk = inputs.config.as_ref().is_some_and(|c| c.disk.is_some());
+        if (found.layout.is_some() && args.layout.is_none()) || (found.config.is_some() && !user_disk) {
+            return Err(ImageDiskFound(files).into());
+        }
+    }
+    let install = kargs::install_config(&files, &platform.arch.kernel)?;
+    // bootc's order: the root's, the install configuration's, kargs.d's, then the command
+    // line's (here the build config's, then --karg).
     let mut all_kargs = disk::kargs(plan);
     all_kargs.extend(install.kargs);
-    all_kargs.extend(kargs::kargs_d(&config, &platform.arch.kernel)?);
+    all_kargs.extend(kargs::kargs_d(&files, &platform.arch.kernel)?);
+    all_kargs.extend(inputs.config.iter().flat_map(|c| c.kernel_append.iter().cloned()));
     all_kargs.extend(args.kargs.iter().cloned());
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
@@ -268,7 +457,14 @@ fn write_deployment(
             image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
         },
     )?;
-    disk::write_mounts(plan, &dep.dir)?;
+    let system = SystemRoot { deployment: dep.dir.clone(), var: sysroot.join("ostree/deploy").join(&args.stateroot).join("var") };
+    disk::write_mounts(plan, &system)?;
+    if inputs.config.is_some() || inputs.root_ssh_keys.is_some() {
+        let salt = |purpose: &str| ids.bytes(&format!("salt: {purpose}")).to_vec();
+        let opts = customize::Options { salt: &salt, days: password_day(image, ids.is_seeded()), root_ssh_keys: inputs.root_ssh_keys.as_deref() };
+        customize::apply(inputs.config.as_ref().unwrap_or(&BuildConfig::default()), &system, &opts)
+            .with_context(|| format!("applying the build config {}", inputs.config.as_ref().map_or("", |c| c.source.as_str())))?;
+    }
     stage.finish();
     Ok(dep)
 }

@@ -266,17 +266,17 @@ fn bad_devices_are_refused_and_left_untouched() {
 
     // Mounted, swap, held by device-mapper: each named; --wipe does not override them.
     run(Command::new("mkfs.ext4").args(["-q", &lo.part(1)]));
-    run(Command::new("mkswap").arg(&lo.part(2)));
+    run(Command::new("mkswap").arg(lo.part(2)));
     let edges_before = edges(&lo.file);
     let mnt = s.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    run(Command::new("mount").arg(&lo.part(1)).arg(&mnt));
+    run(Command::new("mount").arg(lo.part(1)).arg(&mnt));
     let err = std::panic::catch_unwind(|| refused(&["--wipe", &lo.dev], &[&format!("{} is mounted on {}", lo.part(1), mnt.display())]));
     let _ = Command::new("umount").arg(&mnt).status();
     let err = err.unwrap();
     assert_eq!(err.matches("is mounted on").count(), 1, "one line per mount:\n{err}");
 
-    run(Command::new("swapon").arg(&lo.part(2)));
+    run(Command::new("swapon").arg(lo.part(2)));
     let swap = std::panic::catch_unwind(|| refused(&["--wipe", &lo.dev], &[&format!("{} is in use as swap (swapoff {})", lo.part(2), lo.part(2))]));
     let _ = Command::new("swapoff").arg(lo.part(2)).status();
     swap.unwrap();

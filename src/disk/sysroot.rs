@@ -52,6 +52,9 @@ impl Sysroot {
     /// Makes the root and /boot filesystems of `plan` on `disk` and mounts them under
     /// `workdir` (which must exist and be empty).
     pub fn create(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+        // Data partitions first: mkfs.btrfs refuses a loop device whose backing file has
+        // another loop device mounted (the root's), whatever the offsets.
+        format_data(disk, plan, workdir)?;
         let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None };
         s.format_mount(disk.partition_device(plan.root())?, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
@@ -65,15 +68,16 @@ impl Sysroot {
     /// Like [`Sysroot::create`], but reproducible (see [`Staged`]); ext4 only. The scratch
     /// filesystem's file is made in `scratch_dir`.
     pub fn create_staged(disk: &Disk, plan: &Plan, workdir: &Path, scratch_dir: &Path) -> Result<Sysroot> {
-        for p in plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot)) {
-            if p.filesystem.as_deref() != Some("ext4") {
+        for p in plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot | Role::Data) && p.filesystem.is_some()) {
+            if !matches!(p.filesystem.as_deref(), Some("ext4") | Some("swap")) {
                 anyhow::bail!(
-                    "--seed makes byte-identical disks with ext4 filesystems only (partition {} is {}): use --rootfs ext4, or leave out --seed",
-                    p.name,
+                    "--seed makes byte-identical disks with ext4 filesystems only ({} is {}): use --rootfs ext4, or leave out --seed",
+                    p.describe(),
                     p.filesystem.as_deref().unwrap_or("none")
                 );
             }
         }
+        format_data(disk, plan, workdir)?;
         // Room for what the root and /boot filesystems will hold (the file is sparse).
         let size: u64 = plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot)).map(|p| p.size).sum();
         let scratch = PendingFile::create(scratch_dir, "staging")?;
@@ -89,6 +93,9 @@ impl Sysroot {
             filesystem: Some("ext4".into()),
             label: Some("kiln-staging".into()),
             fs_uuid: STAGING_UUID.into(),
+            mountpoint: None,
+            options: None,
+            subvolumes: Vec::new(),
         };
         let mut s = Sysroot { root: workdir.join("root"), mounts: Vec::new(), loops: Vec::new(), staged: None };
         let dev = LoopDevice::attach(scratch.file(), "kiln staging file", staging.offset, staging.size)?;
@@ -154,6 +161,42 @@ impl Sysroot {
             None => Ok(()),
         }
     }
+}
+
+/// Makes the filesystems of the data partitions (empty: they are mounted over the deployment's
+/// directories at boot), and their btrfs subvolumes.
+fn format_data(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<()> {
+    for part in plan.partitions.iter().filter(|p| p.role == Role::Data) {
+        let Some(fs) = part.filesystem.as_deref() else { continue };
+        let dev = disk.partition_device(part)?;
+        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None)
+            .with_context(|| format!("making the {fs} filesystem of {}", part.describe()))?;
+        if !part.subvolumes.is_empty() {
+            let at = workdir.join(format!("subvolumes-{}", part.number));
+            std::fs::create_dir_all(&at)?;
+            let made = (|| -> Result<()> {
+                let _mount = Mount::builder()
+                    .fstype(fs)
+                    .mount_autodrop(dev.path(), &at, UnmountFlags::empty())
+                    .with_context(|| format!("cannot mount {} to make its subvolumes", part.describe()))?;
+                for sv in &part.subvolumes {
+                    let out = std::process::Command::new("btrfs")
+                        .args(["subvolume", "create"])
+                        .arg(at.join(&sv.name))
+                        .output()
+                        .context("cannot run btrfs (btrfs-progs)")?;
+                    if !out.status.success() {
+                        anyhow::bail!("btrfs subvolume create {}: {}", sv.name, String::from_utf8_lossy(&out.stderr).trim());
+                    }
+                }
+                syncfs(&at)
+            })();
+            let _ = std::fs::remove_dir(&at);
+            made?;
+        }
+        dev.flush()?;
+    }
+    Ok(())
 }
 
 fn syncfs(dir: &Path) -> Result<()> {

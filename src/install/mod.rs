@@ -8,9 +8,10 @@ pub mod checks;
 pub mod to_filesystem;
 
 use anyhow::Result;
+use clap::{Args, FromArgMatches};
 
 use crate::bake;
-use crate::cli::{BakeArgs, OvaArgs, SourceArgs, ToDiskArgs, ToFilesystemArgs};
+use crate::cli::{BakeArgs, SourceArgs, ToDiskArgs, ToFilesystemArgs};
 use crate::disk::{self, blockdev::BlockDevice, Disk};
 use crate::interrupt;
 use crate::progress::Progress;
@@ -28,7 +29,9 @@ pub fn to_disk(args: &ToDiskArgs, progress: &Progress) -> Result<()> {
     device.lock()?;
     let disk = Disk::device(device)?;
     let run_dir = RunDir::create(progress)?;
-    let result = bake::write_disk(&args.bake_args(), &disk, run_dir.path(), progress);
+    let bake_args = args.bake_args()?;
+    let inputs = bake::Inputs::read(&bake_args)?;
+    let result = bake::write_disk(&bake_args, &inputs, &disk, run_dir.path(), progress).map(|_| ());
     let Err(e) = interrupt::check().and(result) else {
         progress.info(&format!("installed {} on {}", args.image, disk.name));
         return Ok(());
@@ -45,36 +48,30 @@ pub fn to_disk(args: &ToDiskArgs, progress: &Progress) -> Result<()> {
 
 impl ToDiskArgs {
     /// The bake's options for this install: the device sets the disk's size.
-    fn bake_args(&self) -> BakeArgs {
-        BakeArgs {
+    fn bake_args(&self) -> Result<BakeArgs> {
+        Ok(BakeArgs {
             rootfs: self.filesystem.clone(),
             layout: Some(self.layout.clone().unwrap_or_else(|| DEFAULT_LAYOUT.into())),
-            ..install_bake_args(&self.image, &self.kargs, &self.target_imgref, &self.stateroot, &self.source)
-        }
+            ..install_bake_args(&self.image, &self.kargs, &self.target_imgref, &self.stateroot, &self.source)?
+        })
     }
 }
 
 impl ToFilesystemArgs {
-    pub(crate) fn bake_args(&self) -> BakeArgs {
+    pub(crate) fn bake_args(&self) -> Result<BakeArgs> {
         install_bake_args(&self.image, &self.kargs, &self.target_imgref, &self.stateroot, &self.source)
     }
 }
 
-/// The bake options an install shares: no outputs, no seed (a machine's disk gets fresh ids).
-fn install_bake_args(image: &str, kargs: &[String], target_imgref: &Option<String>, stateroot: &str, source: &SourceArgs) -> BakeArgs {
-    BakeArgs {
-        image: image.to_string(),
-        types: Vec::new(),
-        output: std::env::temp_dir(),
-        rootfs: None,
-        layout: None,
-        size: None,
+/// The bake options an install shares; the rest (outputs, seed: a machine's disk gets fresh
+/// ids) are the bake's defaults.
+fn install_bake_args(image: &str, kargs: &[String], target_imgref: &Option<String>, stateroot: &str, source: &SourceArgs) -> Result<BakeArgs> {
+    let defaults = BakeArgs::augment_args(clap::Command::new("install")).try_get_matches_from(["install", image])?;
+    Ok(BakeArgs {
         kargs: kargs.to_vec(),
         target_imgref: target_imgref.clone(),
         stateroot: stateroot.to_string(),
-        seed: None,
-        force: false,
         source: source.clone(),
-        ova: OvaArgs::default(),
-    }
+        ..BakeArgs::from_arg_matches(&defaults)?
+    })
 }

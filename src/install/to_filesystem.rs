@@ -17,7 +17,8 @@ use crate::bootloader::{BiosBootPartition, BiosTarget, EspDir, EspWriter};
 use crate::cli::{Replace, ToFilesystemArgs};
 use crate::disk::blockdev::{dev_of_node, partitions_of, BlockDevice, Dev};
 use crate::disk::esp::Esp;
-use crate::disk::{table, Partition, Plan, Role};
+use crate::disk::layout::MountScheme;
+use crate::disk::{table, Ids, Partition, Plan, Role};
 use crate::interrupt;
 use crate::progress::Progress;
 
@@ -89,16 +90,19 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
         }
         _ => None,
     };
-    let plan = Plan { size: 0, disk_guid: String::new(), partitions };
+    let plan = Plan { size: 0, disk_guid: String::new(), partitions, mounts: MountScheme::Fstab };
 
-    let bake_args = args.bake_args();
+    let bake_args = args.bake_args()?;
+    let inputs = bake::Inputs::read(&bake_args)?;
     let (image, platform) = bake::open_image(&bake_args, progress)?;
     let esp: Option<&mut (dyn EspWriter + 'static)> = match (&mut esp_writer, &mut esp_on_node) {
         (Some(w), _) => Some(w.as_mut()),
         (None, Some((e, _, _))) => Some(e),
         (None, None) => None,
     };
-    bake::write_system(&bake_args, &image, &platform, &plan, &root, esp, bios, progress)?;
+    // The filesystems exist: an image's own disk description does not apply.
+    let target = bake::SystemTarget { plan: &plan, sysroot: &root, ids: &Ids::from_seed(None), image_disk_known: true };
+    bake::write_system(&bake_args, &inputs, &image, &platform, &target, esp, bios, progress)?;
     if let Some((esp, file, part)) = esp_on_node {
         esp.close(&file, &part)?;
         file.sync_all().context("writing the ESP")?;
@@ -162,6 +166,9 @@ fn partition(role: Role, fs: &str, fs_uuid: String) -> Partition {
         filesystem: Some(fs.to_string()),
         label: None,
         fs_uuid,
+        mountpoint: None,
+        options: None,
+        subvolumes: Vec::new(),
     }
 }
 

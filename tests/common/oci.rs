@@ -90,11 +90,7 @@ pub fn write_layout(dir: &Path, layers: &[LayerBlob], labels: serde_json::Value,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
         "layers": descs});
     let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
-    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    format!("oci:{}:latest", dir.display())
+    write_index(dir, &md, ms)
 }
 
 /// The blob files of a layout's layers, in manifest order.
@@ -104,4 +100,42 @@ pub fn layer_blobs(dir: &Path) -> Vec<std::path::PathBuf> {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
     m["layers"].as_array().unwrap().iter().map(|l| blob(l["digest"].as_str().unwrap())).collect()
+}
+
+/// Writes into `dir` the image of layout `src` (tag `latest`) with one more layer on top
+/// (blobs hardlinked, not copied); returns its `oci:` reference.
+pub fn append_layer(src: &Path, dir: &Path, layer: &LayerBlob) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        std::fs::hard_link(e.path(), dir.join("blobs/sha256").join(e.file_name())).unwrap();
+    }
+    let put = |data: &[u8]| -> (String, usize) {
+        let d = sha256(data);
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), data).unwrap();
+        (d, data.len())
+    };
+    let read = |d: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(src.join("blobs/sha256").join(&d[7..])).unwrap()).unwrap() };
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&layer.tar).unwrap();
+    let (d, s) = put(&e.finish().unwrap());
+    manifest["layers"].as_array_mut().unwrap().push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s}));
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(sha256(&layer.tar)));
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = json!(cd);
+    manifest["config"]["size"] = json!(cs);
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    write_index(dir, &md, ms)
+}
+
+/// The layout's index (one manifest tagged `latest`) and marker; returns its `oci:` reference.
+fn write_index(dir: &Path, manifest_digest: &str, manifest_size: usize) -> String {
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest, "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    format!("oci:{}:latest", dir.display())
 }

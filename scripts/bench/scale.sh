@@ -1,0 +1,42 @@
+#!/bin/bash
+# Benchmark: how a bake scales with the image. For the test image (small), the mid and the large
+# desktop-sized images (scripts/bench/large-image.sh, built once and cached), in one run and
+# alternating: `kiln bake --type raw --rootfs ext4` vs the floor (tar -x of the layers into a fresh
+# ext4 on a loop device, scripts/bench/floor.sh). Prints time, ratio and peak RSS for each, and the
+# growth of each from the small image to the others.
+# Goals: kiln <= 0.5x the floor at every size; peak RSS <= 128 MiB; kiln grows no faster than the
+# floor.
+# usage: scripts/bench/scale.sh [ROUNDS] [SIZES…]   (default: 2 rounds; small mid large)
+set -euo pipefail
+cd "$(dirname "$(realpath "$0")")/../.."
+. scripts/bench/lib.sh
+ROUNDS=${1:-2}; shift || true
+SIZES=${*:-small mid large}
+cargo build --release --locked -q --bin kiln
+declare -A LAYOUT
+for s in $SIZES; do
+  case $s in
+    small) LAYOUT[$s]=$(bash scripts/test-image/build.sh)/oci ;;
+    *) LAYOUT[$s]=$(bash scripts/bench/large-image.sh "$s") ;;
+  esac
+done
+W=$(mktemp -d /var/tmp/kiln-bench.XXXXXX); trap 'rm -rf "$W"' EXIT
+RESULTS=$W/results
+for i in $(seq "$ROUNDS"); do
+  for s in $SIZES; do
+    measure "kiln-$s" ./target/release/kiln bake --type raw --rootfs ext4 --force --progress quiet --output "$W/kiln" "oci:${LAYOUT[$s]}:latest"
+    rm -rf "$W/kiln"
+    measure "floor-$s" bash scripts/bench/floor.sh "${LAYOUT[$s]}" "$W/floor.raw" 16G
+    rm -f "$W/floor.raw"
+  done
+done
+echo "bake to a raw disk vs tar -x into ext4, $ROUNDS rounds:"
+for s in $SIZES; do
+  report "kiln-$s" "floor-$s"
+  echo "  ratio kiln/floor ($s): $(ratio "kiln-$s" "floor-$s")  (goal <= 0.5)"
+done
+first=${SIZES%% *}
+for s in $SIZES; do
+  [ "$s" = "$first" ] && continue
+  echo "  growth $first -> $s: kiln $(ratio "kiln-$s" "kiln-$first")x, floor $(ratio "floor-$s" "floor-$first")x  (goal: kiln's <= floor's)"
+done
