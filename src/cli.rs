@@ -274,6 +274,13 @@ pub struct ToFilesystemArgs {
     /// wipe: delete what the root (and /boot) filesystems hold first.
     #[arg(long, value_enum)]
     pub replace: Option<Replace>,
+    #[command(flatten)]
+    pub deployment: InstallDeploymentArgs,
+}
+
+/// What both install commands take for the deployment, as `kiln bake` does.
+#[derive(Args, Debug)]
+pub struct InstallDeploymentArgs {
     /// Extra kernel argument, repeatable.
     #[arg(long = "karg")]
     pub kargs: Vec<String>,
@@ -310,20 +317,11 @@ pub struct ToDiskArgs {
     /// Partition layout: a name from layouts/ or a TOML file (default: bootc).
     #[arg(long)]
     pub layout: Option<String>,
-    /// Extra kernel argument, repeatable.
-    #[arg(long = "karg")]
-    pub kargs: Vec<String>,
-    /// The image reference the installed system updates from.
-    #[arg(long)]
-    pub target_imgref: Option<String>,
-    /// The ostree stateroot.
-    #[arg(long, default_value = "default")]
-    pub stateroot: String,
     /// Keep what was written when the install fails (default: leave an empty partition table).
     #[arg(long)]
     pub preserve_on_error: bool,
     #[command(flatten)]
-    pub source: SourceArgs,
+    pub deployment: InstallDeploymentArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,7 +11,7 @@ use anyhow::Result;
 use clap::{Args, FromArgMatches};
 
 use crate::bake;
-use crate::cli::{BakeArgs, SourceArgs, ToDiskArgs, ToFilesystemArgs};
+use crate::cli::{BakeArgs, InstallDeploymentArgs, ToDiskArgs, ToFilesystemArgs};
 use crate::disk::{self, blockdev::BlockDevice, Disk};
 use crate::interrupt;
 use crate::progress::Progress;
@@ -52,26 +52,26 @@ impl ToDiskArgs {
         Ok(BakeArgs {
             rootfs: self.filesystem.clone(),
             layout: Some(self.layout.clone().unwrap_or_else(|| DEFAULT_LAYOUT.into())),
-            ..install_bake_args(&self.image, &self.kargs, &self.target_imgref, &self.stateroot, &self.source)?
+            ..install_bake_args(&self.image, &self.deployment)?
         })
     }
 }
 
 impl ToFilesystemArgs {
     pub(crate) fn bake_args(&self) -> Result<BakeArgs> {
-        install_bake_args(&self.image, &self.kargs, &self.target_imgref, &self.stateroot, &self.source)
+        install_bake_args(&self.image, &self.deployment)
     }
 }
 
 /// The bake options an install shares; the rest (outputs, seed: a machine's disk gets fresh
 /// ids) are the bake's defaults.
-fn install_bake_args(image: &str, kargs: &[String], target_imgref: &Option<String>, stateroot: &str, source: &SourceArgs) -> Result<BakeArgs> {
+fn install_bake_args(image: &str, d: &InstallDeploymentArgs) -> Result<BakeArgs> {
     let defaults = BakeArgs::augment_args(clap::Command::new("install")).try_get_matches_from(["install", image])?;
     Ok(BakeArgs {
-        kargs: kargs.to_vec(),
-        target_imgref: target_imgref.clone(),
-        stateroot: stateroot.to_string(),
-        source: source.clone(),
+        kargs: d.kargs.clone(),
+        target_imgref: d.target_imgref.clone(),
+        stateroot: d.stateroot.clone(),
+        source: d.source.clone(),
         ..BakeArgs::from_arg_matches(&defaults)?
     })
 }
