@@ -199,8 +199,9 @@ fn kill_9_at_each_stage_leaves_nothing_behind() {
     nothing_attached_or_mounted(s.path(), "the bake after the kills");
 }
 
-/// A memory limit that kills the bake (the address space capped with prlimit: an allocation
-/// fails and the process aborts, unwinding nothing) leaves what SIGKILL leaves: nothing.
+/// A memory limit that stops the bake (the address space capped with prlimit: an allocation
+/// fails and the process aborts, unwinding nothing, or a thread cannot start and the bake
+/// fails with an error) leaves what SIGKILL leaves: nothing. It never hangs or panics.
 #[test]
 fn a_bake_killed_by_a_memory_limit_leaves_nothing_behind() {
     let s = Scratch::new("crash-memory");
@@ -214,7 +215,7 @@ fn a_bake_killed_by_a_memory_limit_leaves_nothing_behind() {
     assert!(!status.success(), "the bake fit in {MEMORY_LIMIT} bytes of address space:\n{log}");
     assert!(log.contains("\"stage\":\"layers\""), "the bake died before it wrote anything (raise the limit):\n{log}");
     assert!(!log.contains("panicked"), "{log}");
-    assert!(status.signal().is_some(), "expected the bake to die of a signal, it exited: {status}\n{log}");
+    assert!(status.signal().is_some() || log.contains("kiln: error: "), "expected the bake to die of a signal or fail with an error: {status}\n{log}");
     nothing_attached_or_mounted(s.path(), "a bake killed by a memory limit");
     assert_eq!(listing(&out), BTreeSet::new());
 }
