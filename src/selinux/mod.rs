@@ -72,31 +72,17 @@ impl Policy {
         };
         let dir = format!("{selinux_dir}/{name}");
         let fc = format!("{dir}/{FILE_CONTEXTS}");
-        let Some(base) = read(&fc) else {
-            if read(&format!("{fc}.bin")).is_some() {
-                bail!("{fc} exists only compiled ({fc}.bin): kiln reads the text form, which semodule writes beside it");
-            }
+        let exists = |fc: &str| read(fc).is_some() || read(&format!("{fc}.bin")).is_some();
+        if !exists(&fc) {
             let mut have: Vec<String> = list(selinux_dir)
                 .into_iter()
-                .filter(|p| read(&format!("{selinux_dir}/{p}/{FILE_CONTEXTS}")).is_some())
+                .filter(|p| exists(&format!("{selinux_dir}/{p}/{FILE_CONTEXTS}")))
                 .collect();
             have.sort();
             let have = if have.is_empty() { "no policy with file contexts".to_string() } else { format!("policies {}", have.join(", ")) };
             bail!("{config_path}: SELINUXTYPE={name} but the image has no {fc}; it has {have}: fix SELINUXTYPE or install that policy in the image");
-        };
-        let mut inputs = vec![labeler::Input { name: &fc, number: 0, specs: file_contexts::parse(&fc, &base)? }];
-        let names: Vec<String> = OPTIONAL_INPUTS.iter().map(|(s, _)| format!("{fc}{s}")).collect();
-        for ((_, number), path) in OPTIONAL_INPUTS.iter().zip(&names) {
-            match read(path) {
-                Some(text) => inputs.push(labeler::Input { name: path, number: *number, specs: file_contexts::parse(path, &text)? }),
-                None if read(&format!("{path}.bin")).is_some() => {
-                    bail!("{path} exists only compiled ({path}.bin): kiln reads the text form, which semodule writes beside it")
-                }
-                None => {}
-            }
         }
-        let subs = |suffix: &str| read(&format!("{fc}{suffix}")).map(|t| file_contexts::parse_subs(&t)).unwrap_or_default();
-        let labeler = Labeler::new(inputs, subs(".subs"), subs(".subs_dist"))?;
+        let labeler = Labeler::load(&fc, read)?;
         // ostree refuses a policy that cannot label `/`.
         if labeler.lookup(b"/", libc::S_IFDIR | 0o755).is_none() {
             bail!("{fc}: the policy gives no label to / (ostree refuses such a policy)");
@@ -173,6 +159,31 @@ fn parse_config(config: &[u8]) -> Option<(String, Option<String>)> {
 }
 
 impl Labeler {
+    /// Loads the file labels of `fc` (a `file_contexts` path as `read` takes it) and of its
+    /// `.homedirs`, `.local`, `.subs` and `.subs_dist` beside it, as libselinux's file backend
+    /// does (`selabel_open` with `SELABEL_OPT_PATH`).
+    pub fn load(fc: &str, read: &dyn Fn(&str) -> Option<Vec<u8>>) -> Result<Labeler> {
+        let Some(base) = read(fc) else {
+            if read(&format!("{fc}.bin")).is_some() {
+                bail!("{fc} exists only compiled ({fc}.bin): kiln reads the text form, which semodule writes beside it");
+            }
+            bail!("{fc} is missing");
+        };
+        let mut inputs = vec![labeler::Input { name: fc, number: 0, specs: file_contexts::parse(fc, &base)? }];
+        let names: Vec<String> = OPTIONAL_INPUTS.iter().map(|(s, _)| format!("{fc}{s}")).collect();
+        for ((_, number), path) in OPTIONAL_INPUTS.iter().zip(&names) {
+            match read(path) {
+                Some(text) => inputs.push(labeler::Input { name: path, number: *number, specs: file_contexts::parse(path, &text)? }),
+                None if read(&format!("{path}.bin")).is_some() => {
+                    bail!("{path} exists only compiled ({path}.bin): kiln reads the text form, which semodule writes beside it")
+                }
+                None => {}
+            }
+        }
+        let subs = |suffix: &str| read(&format!("{fc}{suffix}")).map(|t| file_contexts::parse_subs(&t)).unwrap_or_default();
+        Labeler::new(inputs, subs(".subs"), subs(".subs_dist"))
+    }
+
     /// The `security.selinux` value ostree stores for `path` (the context and a trailing NUL),
     /// looked up as `ostree_sepolicy_get_label` does (which asks for `/mnt` in place of
     /// `/proc`); None when the policy gives no label.

@@ -33,6 +33,8 @@ pub struct Pattern {
     anchored: bool,
     /// Bytes every match starts with (for anchored patterns), checked before running.
     prefix: Vec<u8>,
+    /// Registers for the start positions of loop iterations (see `Inst::Mark`).
+    slots: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +79,10 @@ impl Pattern {
         if let [only] = branches {
             literal_prefix(only, &mut prefix);
         }
-        let mut c = Compiler { prog: Vec::new(), sets: Vec::new() };
+        let mut c = Compiler { prog: Vec::new(), sets: Vec::new(), slots: 0 };
         let start = c.program(&ast)?;
         debug_assert_eq!(start, 0);
-        Ok(Pattern { prog: c.prog, sets: c.sets, anchored, prefix })
+        Ok(Pattern { prog: c.prog, sets: c.sets, anchored, prefix, slots: c.slots })
     }
 
     /// Whether `pcre2_match` finds a match in `subject`.
@@ -89,19 +91,29 @@ impl Pattern {
             return false;
         }
         SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let mut vm = Vm { p: self, s: subject, stack: &mut s.stack };
+            let Scratch { stack, slots } = &mut *s.borrow_mut();
+            slots.clear();
+            slots.resize(self.slots, 0);
+            let mut vm = Vm { p: self, s: subject, stack, slots };
             vm.search()
         })
     }
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch { stack: Vec::new() });
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch { stack: Vec::new(), slots: Vec::new() });
 }
 
 struct Scratch {
-    stack: Vec<(u32, u32)>,
+    stack: Vec<Frame>,
+    slots: Vec<u32>,
+}
+
+/// A backtracking point: resume at (pc, pos), or undo a `Mark`.
+#[derive(Clone, Copy)]
+enum Frame {
+    Resume(u32, u32),
+    Restore(u32, u32),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,6 +258,24 @@ fn posix_class(name: &[u8]) -> Option<ByteSet> {
     Some(ByteSet::of(f))
 }
 
+/// PCRE2's `check_posix_syntax`: `s` starts at the `:`, `.` or `=` after a `[`; returns the
+/// offset of the matching terminator (followed by `]`) if the text is POSIX class syntax.
+fn posix_syntax(s: &[u8]) -> Option<usize> {
+    let term = s[0];
+    let mut i = 1;
+    while s.len() - i >= 2 {
+        if s[i] == b'\\' && (s[i + 1] == b']' || s[i + 1] == b'\\') {
+            i += 1;
+        } else if (s[i] == b'[' && s[i + 1] == term) || s[i] == b']' {
+            return None;
+        } else if s[i] == term && s[i + 1] == b']' {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
 /// One item of a character class or escape: a byte, a set of them, or `\Q…\E` bytes (members
 /// of a class; only the last may start a range).
 enum ClassItem {
@@ -305,6 +335,14 @@ impl Parser<'_> {
                 }
                 b'[' => {
                     self.i += 1;
+                    // Like Perl, PCRE2 refuses POSIX class syntax outside a class.
+                    if matches!(self.peek(), Some(b':' | b'.' | b'=')) && posix_syntax(&self.s[self.i..]).is_some() {
+                        return self.fail(if self.peek() == Some(b':') {
+                            "POSIX named classes are supported only within a class"
+                        } else {
+                            "POSIX collating elements are not supported"
+                        });
+                    }
                     Ast::Set(self.class()?)
                 }
                 b'.' => {
@@ -359,19 +397,15 @@ impl Parser<'_> {
     }
 
     /// Parses `{…}` at the current position if it is a quantifier as PCRE2 10.43+ reads one
-    /// (`{n}`, `{n,}`, `{n,m}`, `{,m}`, spaces allowed around the numbers); returns the
-    /// bounds and the length of the text. Anything else is a literal `{`.
+    /// (`{n}`, `{n,}`, `{n,m}`, `{,m}`; PCRE2 also allows spaces inside, which a
+    /// `file_contexts` field cannot hold); returns the bounds and the length of the text.
+    /// Anything else is a literal `{`.
     fn quantifier_braces(&self) -> Option<(Option<u64>, Option<Option<u64>>, usize)> {
         let s = &self.s[self.i..];
         if s.first() != Some(&b'{') {
             return None;
         }
         let mut j = 1;
-        let skip_ws = |j: &mut usize| {
-            while matches!(s.get(*j), Some(b' ' | b'\t')) {
-                *j += 1;
-            }
-        };
         let number = |j: &mut usize| -> Option<u64> {
             let start = *j;
             let mut v: u64 = 0;
@@ -381,15 +415,10 @@ impl Parser<'_> {
             }
             (*j > start).then_some(v)
         };
-        skip_ws(&mut j);
         let min = number(&mut j);
-        skip_ws(&mut j);
         let max = if s.get(j) == Some(&b',') {
             j += 1;
-            skip_ws(&mut j);
-            let m = number(&mut j);
-            skip_ws(&mut j);
-            Some(m)
+            Some(number(&mut j))
         } else {
             None
         };
@@ -542,7 +571,11 @@ impl Parser<'_> {
         self.i += 1;
         self.depth -= 1;
         Ok(Some(match kind {
-            Kind::Plain => inner,
+            // A group around an assertion is repeatable, unlike the bare assertion.
+            Kind::Plain => match inner {
+                a @ (Ast::Assert(_) | Ast::Look { .. }) => Ast::Concat(vec![a]),
+                a => a,
+            },
             Kind::Atomic => Ast::Atomic(Box::new(inner)),
             Kind::Look(ahead, negate) => Ast::Look { ast: Box::new(inner), ahead, negate },
             Kind::Behind(negate) => {
@@ -615,18 +648,13 @@ impl Parser<'_> {
         let c = self.peek().unwrap();
         self.i += 1;
         match c {
-            b'[' if matches!(self.peek(), Some(b':' | b'.' | b'=')) => {
-                let delim = self.peek().unwrap();
-                // PCRE2 takes [:name:] only when the closing `:]` comes before any `]`.
-                let rest = &self.s[self.i + 1..];
-                let end = rest.windows(2).position(|w| w[0] == delim && w[1] == b']');
-                let close = rest.iter().position(|&b| b == b']');
-                match end {
-                    Some(e) if close.is_none_or(|c| c > e) => {
-                        if delim != b':' {
+            b'[' if self.s.len() - self.i >= 3 && matches!(self.peek(), Some(b':' | b'.' | b'=')) => {
+                match posix_syntax(&self.s[self.i..]) {
+                    Some(end) => {
+                        if self.peek() != Some(b':') {
                             return self.fail("POSIX collating elements are not supported");
                         }
-                        let mut name = &rest[..e];
+                        let mut name = &self.s[self.i + 1..self.i + end];
                         let neg = name.first() == Some(&b'^');
                         if neg {
                             name = &name[1..];
@@ -634,10 +662,13 @@ impl Parser<'_> {
                         let Some(set) = posix_class(name) else {
                             return self.fail("unknown POSIX class name");
                         };
-                        self.i += 1 + e + 2;
+                        self.i += end + 2;
+                        if self.peek() == Some(b'-') && self.peek_at(1).is_some_and(|c| c != b']') {
+                            return self.fail("invalid range in character class");
+                        }
                         Ok(Some(ClassItem::Set(if neg { set.not() } else { set })))
                     }
-                    _ => Ok(Some(ClassItem::Byte(b'['))),
+                    None => Ok(Some(ClassItem::Byte(b'['))),
                 }
             }
             b'\\' => {
@@ -799,12 +830,18 @@ enum Inst {
     Look { sub: u32, ahead: bool, negate: bool, min: u32, max: u32 },
     /// Runs the sub-program and continues from its first match's end, never backtracking into it.
     Atomic(u32),
+    /// Saves the position in a slot: the start of an iteration of a loop that can match empty.
+    Mark(u32),
+    /// End of such an iteration: as PCRE2 does, an iteration that matched the empty string
+    /// leaves the loop (continue at pc + 1); otherwise jump back to the loop's `Split`.
+    Loop { slot: u32, back: u32 },
     Match,
 }
 
 struct Compiler {
     prog: Vec<Inst>,
     sets: Vec<ByteSet>,
+    slots: usize,
 }
 
 impl Compiler {
@@ -893,8 +930,16 @@ impl Compiler {
                 match max {
                     None => {
                         let split = self.push(Inst::Split(0, 0))?;
-                        self.emit(inner, pending)?;
-                        self.push(Inst::Jmp(split as u32))?;
+                        if width(inner).0 == 0 {
+                            let slot = self.slots as u32;
+                            self.slots += 1;
+                            self.push(Inst::Mark(slot))?;
+                            self.emit(inner, pending)?;
+                            self.push(Inst::Loop { slot, back: split as u32 })?;
+                        } else {
+                            self.emit(inner, pending)?;
+                            self.push(Inst::Jmp(split as u32))?;
+                        }
                         let out = self.pc();
                         let body = split as u32 + 1;
                         self.prog[split] = if lazy { Inst::Split(out, body) } else { Inst::Split(body, out) };
@@ -934,7 +979,8 @@ impl Compiler {
 struct Vm<'a> {
     p: &'a Pattern,
     s: &'a [u8],
-    stack: &'a mut Vec<(u32, u32)>,
+    stack: &'a mut Vec<Frame>,
+    slots: &'a mut Vec<u32>,
 }
 
 /// States already explored in memoized mode: one bit per (pc, position).
@@ -994,9 +1040,15 @@ impl Vm<'_> {
         let s = self.s;
         let n = s.len() as u32;
         let mut steps: u32 = 0;
-        self.stack.push((pc, pos));
+        self.stack.push(Frame::Resume(pc, pos));
         while self.stack.len() > base {
-            let (mut pc, mut pos) = self.stack.pop().unwrap();
+            let (mut pc, mut pos) = match self.stack.pop().unwrap() {
+                Frame::Resume(pc, pos) => (pc, pos),
+                Frame::Restore(slot, old) => {
+                    self.slots[slot as usize] = old;
+                    continue;
+                }
+            };
             loop {
                 match memo {
                     Some(m) => {
@@ -1029,7 +1081,7 @@ impl Vm<'_> {
                         }
                     }
                     Inst::Split(a, b) => {
-                        self.stack.push((b, pos));
+                        self.stack.push(Frame::Resume(b, pos));
                         pc = a;
                     }
                     Inst::Jmp(a) => pc = a,
@@ -1066,6 +1118,14 @@ impl Vm<'_> {
                         }
                         None => break,
                     },
+                    Inst::Mark(slot) => {
+                        self.stack.push(Frame::Restore(slot, self.slots[slot as usize]));
+                        self.slots[slot as usize] = pos;
+                        pc += 1;
+                    }
+                    Inst::Loop { slot, back } => {
+                        pc = if self.slots[slot as usize] == pos { pc + 1 } else { back };
+                    }
                     Inst::Match => {
                         if target.is_none_or(|t| t == pos) {
                             return Ok(Some(pos));
