@@ -15,4 +15,5 @@ pub mod ostree;
 pub mod output;
 pub mod platform;
 pub mod progress;
+pub mod selinux;
 pub mod tree;
