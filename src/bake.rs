@@ -20,6 +20,7 @@ use crate::ostree::{self, kargs, object::Kind, Repo};
 use crate::platform::Platform;
 use crate::output::{self, Format, RawDisk};
 use crate::progress::Progress;
+use crate::selinux;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
 
 pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
@@ -158,7 +159,7 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     stage.finish();
     interrupt::check()?;
 
-    let deployment = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
+    let (deployment, policy) = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
 
     let stage = progress.stage("bootloader", None);
     let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
@@ -181,6 +182,11 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
         e.close(raw, p)?;
     }
     stage.finish();
+    if let Some(policy) = &policy {
+        let stage = progress.stage("labels", None);
+        label_what_is_left(policy.labeler(), &sysroot, &deployment)?;
+        stage.finish();
+    }
 
     let stage = progress.stage("finish", None);
     sysroot.close()?;
@@ -211,7 +217,40 @@ fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Labels what the bake wrote after the deployment (the deployment's /etc and the stateroot's
+/// /var by their runtime paths, then everything else by its place in the physical root), as
+/// bootc finishes an install.
+fn label_what_is_left(labeler: &selinux::Labeler, sysroot: &Sysroot, deployment: &ostree::Deployment) -> Result<()> {
+    ostree::selabel::ensure_labelled(labeler, &deployment.dir.join("etc"), b"/etc", &[])?;
+    ostree::selabel::ensure_labelled(labeler, &deployment.var, b"/var", &[])?;
+    ostree::selabel::label_physical_root(labeler, &sysroot.root, std::slice::from_ref(&deployment.dir))?;
+    // The directories under the mounts (`/boot` on the root filesystem) are seen too.
+    for (at, dir) in sysroot.covered_dirs() {
+        let physical = Path::new("/").join(at.strip_prefix(&sysroot.root).unwrap_or(at));
+        ostree::selabel::label_fd(labeler, dir, physical.as_os_str().as_encoded_bytes())?;
+    }
+    Ok(())
+}
+
+/// The image's SELinux policy, read from its commit tree (`None`: the image has none, or the
+/// user turned labelling off).
+fn image_policy(repo: &Repo, root: &Dir, disabled: bool) -> Result<Option<selinux::Policy>> {
+    if disabled {
+        return Ok(None);
+    }
+    let read = |path: &str| match root.get_path(path) {
+        Some(Node::File(f)) => std::fs::read(repo.object_path(&f.content, Kind::File)).ok(),
+        _ => None,
+    };
+    let list = |path: &str| match root.get_path(path) {
+        Some(Node::Dir(d)) => d.entries.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect(),
+        _ => Vec::new(),
+    };
+    selinux::Policy::load(&read, &list)
+}
+
 /// Applies the image into an ostree repository on the sysroot, commits and deploys it.
+/// Returns the deployment and the image's SELinux policy, if it was applied.
 fn write_deployment(
     args: &BakeArgs,
     image: &Image,
@@ -219,13 +258,21 @@ fn write_deployment(
     plan: &disk::Plan,
     sysroot: &Path,
     progress: &Progress,
-) -> Result<ostree::Deployment> {
+) -> Result<(ostree::Deployment, Option<selinux::Policy>)> {
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
     let merged = tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?;
     interrupt::check()?;
+    let (mut root, filtered) = ostree::convert(merged.root)?;
+    let mut layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).map(|(d, _)| d)).collect::<Result<Vec<_>>>()?;
+    let policy = image_policy(&repo, &root, args.disable_selinux)?;
+    if let Some(policy) = &policy {
+        let stage = progress.stage("labels", None);
+        let mut trees: Vec<&mut Dir> = std::iter::once(&mut root).chain(layers.iter_mut()).collect();
+        ostree::selabel::label_commits(&repo, policy.labeler(), &mut trees)?;
+        stage.finish();
+        interrupt::check()?;
+    }
     let stage = progress.stage("commit", None);
-    let (root, filtered) = ostree::convert(merged.root)?;
-    let layers = merged.layers;
     let kver = tree::kernels(&root).remove(0);
     let (origin, transport_ref) = target_reference(args.target_imgref.as_deref(), &image.source, progress)?;
     let commit = ostree::commit(
@@ -242,6 +289,10 @@ fn write_deployment(
     let mut all_kargs = disk::kargs(plan);
     all_kargs.extend(install.kargs);
     all_kargs.extend(kargs::kargs_d(&config, &platform.arch.kernel)?);
+    if args.disable_selinux {
+        // As bootc's --disable-selinux: the installed system is told too.
+        all_kargs.push("selinux=0".to_string());
+    }
     all_kargs.extend(args.kargs.iter().cloned());
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
@@ -255,11 +306,17 @@ fn write_deployment(
             kargs: &all_kargs,
             version: version.as_deref(),
             image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
+            labels: policy.as_ref().map(|p| ostree::selabel::Runtime { labeler: p.labeler() }),
+            selinux_state: match (&policy, args.disable_selinux) {
+                (Some(_), _) => "enabled",
+                (None, true) => "force-target-disabled",
+                (None, false) => "disabled",
+            },
         },
     )?;
     disk::write_mounts(plan, &dep.dir)?;
     stage.finish();
-    Ok(dep)
+    Ok((dep, policy))
 }
 
 /// The origin the installed system updates from and the ref's image reference:

@@ -21,6 +21,9 @@ pub struct Sysroot {
     mounts: Vec<PathBuf>,
     /// Kept open until after the unmounts.
     loops: Vec<LoopDevice>,
+    /// The directories the mounts cover (not the root's own), opened before mounting: their
+    /// metadata can still be set once they are hidden (a mount point needs its SELinux label).
+    covered: Vec<(PathBuf, std::fs::File)>,
     /// Set when the filesystems are staged in directories and made at the end.
     staged: Option<Staged>,
 }
@@ -39,7 +42,7 @@ impl Sysroot {
     /// Makes the root and /boot filesystems of `plan` inside `image` and mounts them under
     /// `workdir` (which must exist and be empty).
     pub fn create(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
-        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None };
+        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None };
         s.attach_format_mount(image, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
@@ -66,6 +69,7 @@ impl Sysroot {
             root,
             mounts: Vec::new(),
             loops: Vec::new(),
+            covered: Vec::new(),
             staged: Some(Staged { image: image.to_path_buf(), plan: plan.clone(), workdir: workdir.to_path_buf() }),
         })
     }
@@ -75,6 +79,10 @@ impl Sysroot {
         let dev = LoopDevice::attach(image, part.offset, part.size)?;
         mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
+        if at != self.root {
+            let dir = std::fs::File::open(at).with_context(|| format!("cannot open {}", at.display()))?;
+            self.covered.push((at.to_path_buf(), dir));
+        }
         Mount::builder()
             .fstype(fs)
             .data(mkfs::mount_options(fs))
@@ -83,6 +91,11 @@ impl Sysroot {
         self.mounts.push(at.to_path_buf());
         self.loops.push(dev);
         Ok(())
+    }
+
+    /// The mount points below the root (where, and the directory the mount hides).
+    pub fn covered_dirs(&self) -> impl Iterator<Item = (&Path, &std::fs::File)> {
+        self.covered.iter().map(|(p, f)| (p.as_path(), f))
     }
 
     /// Unmounts everything (flushing the filesystems) and detaches the loop devices,
@@ -99,6 +112,8 @@ impl Sysroot {
     }
 
     fn unmount_all(&mut self, lazy: bool) -> Result<()> {
+        // Open directories would keep the root filesystem busy.
+        self.covered.clear();
         let mut first_err = None;
         // Flush first and look at the result: a write the backing file could not take (its
         // disk full) only shows here, and unmounting would hide it.
@@ -191,6 +206,8 @@ impl Staged {
             let boot_dir = self.workdir.join("boot");
             std::fs::rename(root.join("boot"), &boot_dir)?;
             std::fs::create_dir(root.join("boot"))?;
+            // The mount point keeps the label the directory had.
+            crate::fsmeta::copy_xattr(&boot_dir, &root.join("boot"), b"security.selinux")?;
             parts.push((boot.clone(), boot_dir, Vec::new()));
         }
         // Modification times kiln did not set (directories written into, the repository's

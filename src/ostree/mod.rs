@@ -9,6 +9,7 @@ pub mod kargs;
 pub mod object;
 pub mod refescape;
 pub mod repo;
+pub mod selabel;
 
 pub use commit::{commit, convert, CommitInfo};
 pub use deploy::{deploy, BootEntry, DeployOptions, Deployment};
