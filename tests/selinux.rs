@@ -647,3 +647,54 @@ fn bad_policies_are_clear_errors() {
     // Disabled, or no config at all: no policy, no error.
     assert!(policy_tree(s, "SELINUX=disabled\nSELINUXTYPE=mls\n", &[]).unwrap().is_none());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Speed (run by hand: cargo test --release --test selinux -- --ignored --nocapture)
+
+#[test]
+#[ignore]
+fn bench_labelling_the_sid_tree() {
+    let base = sid_image().join("base").canonicalize().unwrap();
+    let t = std::time::Instant::now();
+    let policy = Policy::from_dir(&base).unwrap().unwrap();
+    let load = t.elapsed();
+    let queries = sid_queries(&base);
+    let labeler = policy.labeler();
+    let rounds = 5;
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        for (p, k) in &queries {
+            std::hint::black_box(labeler.lookup(p, mode_of(*k)));
+        }
+    }
+    let one = (rounds * queries.len()) as f64 / t.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for chunk in queries.chunks(queries.len().div_ceil(threads)) {
+            s.spawn(move || {
+                for _ in 0..rounds {
+                    for (p, k) in chunk {
+                        std::hint::black_box(labeler.lookup(p, mode_of(*k)));
+                    }
+                }
+            });
+        }
+    });
+    let all = (rounds * queries.len()) as f64 / t.elapsed().as_secs_f64();
+    // libselinux over the same lookups: matchpathcon, one process per xargs batch.
+    let scratch = Scratch::new("selinux-bench");
+    let fc = copy_text_policy(&base, &policy, &scratch.path().join("policy"));
+    let kinded: Vec<_> = queries.iter().filter(|(_, k)| k.is_some()).cloned().collect();
+    let t = std::time::Instant::now();
+    libselinux(scratch.path(), Some(&fc), &kinded);
+    let peer = kinded.len() as f64 / t.elapsed().as_secs_f64();
+    eprintln!(
+        "policy {} ({} specs) loaded in {:.1} ms; {} paths: {one:.0} paths/s on one thread, {all:.0} paths/s on {threads}; \
+         libselinux (matchpathcon, process and load included) {peer:.0} paths/s",
+        policy.name(),
+        labeler.spec_count(),
+        load.as_secs_f64() * 1e3,
+        queries.len()
+    );
+}
