@@ -698,3 +698,30 @@ fn bench_labelling_the_sid_tree() {
         queries.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// kiln image inspect
+
+fn inspect(image: &Path) -> serde_json::Value {
+    let reference = format!("oci:{}:latest", image.join("oci").display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["image", "inspect", "--json", "--progress", "quiet", &reference])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn inspect_reports_the_policy() {
+    let v = inspect(sid_image());
+    // The spec count as grep counts the lines that are neither blank nor comments.
+    let files = sid_image().join("base/etc/selinux/default/contexts/files");
+    let specs: usize = ["file_contexts", "file_contexts.homedirs", "file_contexts.local"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(files.join(f)).ok())
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).count())
+        .sum();
+    assert_eq!(v["selinux"], serde_json::json!({"policy": "default", "mode": "permissive", "specs": specs, "dir": "etc/selinux/default"}));
+    assert!(inspect(common::test_image())["selinux"].is_null());
+}
