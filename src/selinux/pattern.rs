@@ -109,7 +109,7 @@ impl Pattern {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch { stack: Vec::new(), slots: Vec::new() });
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { stack: Vec::new(), slots: Vec::new() }) };
 }
 
 struct Scratch {
@@ -396,8 +396,7 @@ impl Parser<'_> {
 
     fn concat(&mut self) -> Result<Ast, PatternError> {
         let mut items = Vec::new();
-        loop {
-            let Some(c) = self.peek() else { break };
+        while let Some(c) = self.peek() {
             let atom = match c {
                 b'|' | b')' => break,
                 b'(' => {
