@@ -42,6 +42,12 @@ pub struct Labeler {
     specs: usize,
 }
 
+// The bake labels from several threads at once.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Labeler>();
+};
+
 #[derive(Default)]
 struct Node {
     parent: Option<u32>,
