@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::{sid, sid_image, Scratch};
@@ -17,20 +17,21 @@ use kiln::selinux::{Labeler, Policy};
 /// A file kind as matchpathcon's `-m` names it; None = any kind (mode 0).
 type KindLetter = Option<char>;
 
+/// matchpathcon's kind letters and the file modes they stand for.
+const KIND_MODES: &[(char, u32)] = &[
+    ('f', libc::S_IFREG),
+    ('d', libc::S_IFDIR),
+    ('l', libc::S_IFLNK),
+    ('c', libc::S_IFCHR),
+    ('b', libc::S_IFBLK),
+    ('p', libc::S_IFIFO),
+    ('s', libc::S_IFSOCK),
+];
+
 const KINDS: &[KindLetter] = &[None, Some('f'), Some('d'), Some('l'), Some('c'), Some('b'), Some('p'), Some('s')];
 
 fn mode_of(kind: KindLetter) -> u32 {
-    match kind {
-        None => 0,
-        Some('f') => libc::S_IFREG,
-        Some('d') => libc::S_IFDIR,
-        Some('l') => libc::S_IFLNK,
-        Some('c') => libc::S_IFCHR,
-        Some('b') => libc::S_IFBLK,
-        Some('p') => libc::S_IFIFO,
-        Some('s') => libc::S_IFSOCK,
-        Some(k) => panic!("kind {k}"),
-    }
+    kind.map_or(0, |k| KIND_MODES.iter().find(|(c, _)| *c == k).unwrap().1)
 }
 
 /// The labels libselinux gives `queries` with the `file_contexts` at `fc` (and its
@@ -114,21 +115,8 @@ fn walk(root: &Path) -> Vec<(Vec<u8>, KindLetter)> {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let ft = e.file_type().unwrap();
-            let kind = if ft.is_dir() {
-                'd'
-            } else if ft.is_symlink() {
-                'l'
-            } else if ft.is_file() {
-                'f'
-            } else if ft.is_char_device() {
-                'c'
-            } else if ft.is_block_device() {
-                'b'
-            } else if ft.is_fifo() {
-                'p'
-            } else {
-                's'
-            };
+            let mode = e.metadata().unwrap().mode() & libc::S_IFMT;
+            let kind = KIND_MODES.iter().find(|(_, m)| *m == mode).unwrap().0;
             let path = e.path();
             let rel = path.strip_prefix(root).unwrap();
             let mut abs = b"/".to_vec();
@@ -284,6 +272,29 @@ fn each_lookup_rule_matches_libselinux() {
     // The rules were exercised: these differ from what a naive "last line wins" would give.
     let distinct: std::collections::BTreeSet<_> = oracle.iter().flatten().collect();
     assert!(distinct.len() > 35, "{distinct:?}");
+}
+
+/// Many literals in one tree node, some repeated within a file with other contexts and kinds,
+/// some again in `.local`: libselinux sorts them (glibc's qsort) and takes the first that fits.
+#[test]
+fn repeated_literals_resolve_as_in_libselinux() {
+    let mut rng = Rng(0x51ed);
+    let (mut fc, mut local) = (String::from("/ system_u:object_r:root_t:s0\n"), String::new());
+    for line in 0..900 {
+        let k = rng.below(300);
+        let kind = ["", "-d ", "-- "][rng.below(3)];
+        let text = format!("/dups/k{k:03} {kind}system_u:object_r:d{line}_t:s0\n");
+        if rng.chance(10) { local += &text } else { fc += &text }
+    }
+    let scratch = Scratch::new("selinux-dups");
+    let dir = scratch.path().join("policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("file_contexts"), fc).unwrap();
+    std::fs::write(dir.join("file_contexts.local"), local).unwrap();
+    let queries: Vec<(Vec<u8>, KindLetter)> =
+        (0..300).flat_map(|k| [None, Some('f'), Some('d')].map(|kind| (format!("/dups/k{k:03}").into_bytes(), kind))).collect();
+    let oracle = libselinux(scratch.path(), Some(&dir.join("file_contexts")), &queries);
+    assert_agree(&labeler_at(&dir), &oracle, &queries);
 }
 
 /// A labeller over `dir/file_contexts*`.
@@ -646,4 +657,82 @@ fn bad_policies_are_clear_errors() {
 
     // Disabled, or no config at all: no policy, no error.
     assert!(policy_tree(s, "SELINUX=disabled\nSELINUXTYPE=mls\n", &[]).unwrap().is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Speed (run by hand: cargo test --release --test selinux -- --ignored --nocapture)
+
+#[test]
+#[ignore]
+fn bench_labelling_the_sid_tree() {
+    let base = sid_image().join("base").canonicalize().unwrap();
+    let t = std::time::Instant::now();
+    let policy = Policy::from_dir(&base).unwrap().unwrap();
+    let load = t.elapsed();
+    let queries = sid_queries(&base);
+    let labeler = policy.labeler();
+    let rounds = 5;
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        for (p, k) in &queries {
+            std::hint::black_box(labeler.lookup(p, mode_of(*k)));
+        }
+    }
+    let one = (rounds * queries.len()) as f64 / t.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for chunk in queries.chunks(queries.len().div_ceil(threads)) {
+            s.spawn(move || {
+                for _ in 0..rounds {
+                    for (p, k) in chunk {
+                        std::hint::black_box(labeler.lookup(p, mode_of(*k)));
+                    }
+                }
+            });
+        }
+    });
+    let all = (rounds * queries.len()) as f64 / t.elapsed().as_secs_f64();
+    // libselinux over the same lookups: matchpathcon, one process per xargs batch.
+    let scratch = Scratch::new("selinux-bench");
+    let fc = copy_text_policy(&base, &policy, &scratch.path().join("policy"));
+    let kinded: Vec<_> = queries.iter().filter(|(_, k)| k.is_some()).cloned().collect();
+    let t = std::time::Instant::now();
+    libselinux(scratch.path(), Some(&fc), &kinded);
+    let peer = kinded.len() as f64 / t.elapsed().as_secs_f64();
+    eprintln!(
+        "policy {} ({} specs) loaded in {:.1} ms; {} paths: {one:.0} paths/s on one thread, {all:.0} paths/s on {threads}; \
+         libselinux (matchpathcon, process and load included) {peer:.0} paths/s",
+        policy.name(),
+        labeler.spec_count(),
+        load.as_secs_f64() * 1e3,
+        queries.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// kiln image inspect
+
+fn inspect(image: &Path) -> serde_json::Value {
+    let reference = format!("oci:{}:latest", image.join("oci").display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["image", "inspect", "--json", "--progress", "quiet", &reference])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn inspect_reports_the_policy() {
+    let v = inspect(sid_image());
+    // The spec count as grep counts the lines that are neither blank nor comments.
+    let files = sid_image().join("base/etc/selinux/default/contexts/files");
+    let specs: usize = ["file_contexts", "file_contexts.homedirs", "file_contexts.local"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(files.join(f)).ok())
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).count())
+        .sum();
+    assert_eq!(v["selinux"], serde_json::json!({"policy": "default", "mode": "permissive", "specs": specs, "dir": "etc/selinux/default"}));
+    assert!(inspect(common::test_image())["selinux"].is_null());
 }

@@ -17,10 +17,11 @@
 //!    later than the candidate. The latest match wins.
 //!
 //! A `<<none>>` winner means no label; so does a `<<none>>` regex met during the search,
-//! even if an ancestor holds a later match (libselinux stops there).
+//! even if an ancestor holds a later match (libselinux stops there), and a regex that gives up
+//! at PCRE2's match limit.
 
 use super::file_contexts::{Kind, Spec, Sub};
-use super::pattern::Pattern;
+use super::pattern::{MatchLimit, Pattern};
 
 /// libselinux's `SPEC_NODE_MAX_DEPTH`.
 const MAX_DEPTH: usize = 3;
@@ -40,6 +41,12 @@ pub struct Labeler {
     dist_subs: Vec<Sub>,
     specs: usize,
 }
+
+// The bake labels from several threads at once.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Labeler>();
+};
 
 #[derive(Default)]
 struct Node {
@@ -233,8 +240,14 @@ impl Labeler {
                 if candidate.is_some_and(|c| (r.input, r.line) < (c.input, c.line)) {
                     break;
                 }
-                if !r.kind.admits(kind) || !r.pattern.is_match(key) {
+                if !r.kind.admits(kind) {
                     continue;
+                }
+                match r.pattern.is_match(key) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    // libselinux fails the lookup when PCRE2 gives up.
+                    Err(MatchLimit) => return None,
                 }
                 r.context.as_ref()?;
                 candidate = Some(r);

@@ -4,7 +4,9 @@
 //! the image.
 //!
 //! The policy is found as ostree's `SePolicy::new_at` finds it: `etc/selinux/config`, else
-//! `usr/etc/selinux/config` (in an ostree commit `/etc` is `/usr/etc`); labelling is on only
+//! `usr/etc/selinux/config` (in an ostree commit `/etc` is `/usr/etc`; ostree switches to
+//! `usr/etc` when the `etc/selinux` directory is missing, kiln when its `config` is, which
+//! differs only for an image with an `etc/selinux` that has no config); labelling is on only
 //! when `SELINUX=` starts with `enforcing` or `permissive`; `SELINUXTYPE=` names the policy
 //! directory beside the config. Its `contexts/files/` holds `file_contexts` (required),
 //! `.homedirs` and `.local` (optional inputs, in rising priority), `.subs` and `.subs_dist`
