@@ -260,15 +260,24 @@ fn write_deployment(
     progress: &Progress,
 ) -> Result<(ostree::Deployment, Option<selinux::Policy>)> {
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
-    let merged = tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?;
+    // Files are labelled as they stream in, when the image has a policy and labels are wanted.
+    let (merged, written) = if args.disable_selinux {
+        (tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?, Default::default())
+    } else {
+        let store = ostree::selabel::StreamLabels::new(&repo);
+        let merged = tree::apply_layers(image, &Interruptible(&store), progress, "layers")?;
+        (merged, store.into_written())
+    };
     interrupt::check()?;
     let (mut root, filtered) = ostree::convert(merged.root)?;
     let mut layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).map(|(d, _)| d)).collect::<Result<Vec<_>>>()?;
     let policy = image_policy(&repo, &root, args.disable_selinux)?;
-    if let Some(policy) = &policy {
+    if policy.is_some() || !written.is_empty() {
+        // Every node labelled by its commit path, and the objects streamed with another label
+        // (or with one, when the final tree has no policy after all) re-keyed.
         let stage = progress.stage("labels", None);
         let mut trees: Vec<&mut Dir> = std::iter::once(&mut root).chain(layers.iter_mut()).collect();
-        ostree::selabel::label_commits(&repo, policy.labeler(), &mut trees)?;
+        ostree::selabel::label_commits(&repo, policy.as_ref().map(|p| p.labeler()), &written, &mut trees)?;
         stage.finish();
         interrupt::check()?;
     }

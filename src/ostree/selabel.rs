@@ -10,11 +10,16 @@
 //! - the physical root last, as bootc's final pass does: `/` as `/`, `ostree` as `/usr`, and
 //!   every entry still unlabelled by its physical path, the deployment checkouts excepted.
 //!
-//! File bytes are written once, while the layers stream, before the policy (itself in a
-//! layer) is known; labelling a regular file changes its object's checksum, so its object is
-//! hashed again here (read back while still in the page cache, on every core) and renamed.
+//! File bytes are written once, while the layers stream, and the label is part of a regular
+//! file's object checksum, so it must be known then. The policy is itself a file of the image,
+//! usually in the base layer, whose tar holds `etc/selinux` before `usr`: [`StreamLabels`]
+//! labels each file with the policy seen so far. Once the merged tree and its policy are known,
+//! [`label_commits`] checks every file; the few written before the policy was seen, or whose
+//! final path differs from their layer path, are hashed again (read back while still in the page
+//! cache, on every core) and renamed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -26,8 +31,8 @@ use sha2::{Digest, Sha256};
 
 use super::object::{self, Checksum, Kind, S_IFDIR, S_IFLNK, S_IFREG};
 use super::repo::Repo;
-use crate::selinux::Labeler;
-use crate::tree::{Dir, Meta, Node};
+use crate::selinux::{Labeler, Policy};
+use crate::tree::{ContentKey, ContentStore, Dir, Meta, Node};
 
 pub const XATTR: &[u8] = b"security.selinux";
 
@@ -56,16 +61,20 @@ struct Rekey {
     meta: Meta,
 }
 
+/// The label each content object was written with (by [`StreamLabels`]); absent: none.
+pub type Written = HashMap<Checksum, Vec<u8>>;
+
 /// Labels every node of `trees` (commit trees: the merged root and each layer's, already
-/// converted) by its commit path and moves every regular file to its labelled object.
+/// converted) by its commit path (no labels at all with `labeler` None) and moves every regular
+/// file whose object was `written` with another label to its rightly labelled object.
 /// Returns the number of objects rewritten.
-pub fn label_commits(repo: &Repo, labeler: &Labeler, trees: &mut [&mut Dir]) -> Result<usize> {
+pub fn label_commits(repo: &Repo, labeler: Option<&Labeler>, written: &Written, trees: &mut [&mut Dir]) -> Result<usize> {
     // Pass 1: labels on directories and symlinks; the labelled metadata each file wants.
     let mut wanted: HashMap<(Checksum, Vec<u8>), usize> = HashMap::new();
     let mut rekeys: Vec<Rekey> = Vec::new();
     for tree in trees.iter_mut() {
         let mut path = Vec::with_capacity(256);
-        label_dir(labeler, tree, &mut path, &mut |old, meta| {
+        label_dir(labeler, written, tree, &mut path, &mut |old, meta| {
             let label = meta.xattrs.iter().find(|(k, _)| k == XATTR).map(|(_, v)| v.clone()).unwrap_or_default();
             *wanted.entry((old, label)).or_insert_with(|| {
                 rekeys.push(Rekey { old, meta: meta.clone() });
@@ -86,28 +95,116 @@ pub fn label_commits(repo: &Repo, labeler: &Labeler, trees: &mut [&mut Dir]) -> 
 }
 
 /// Labels `dir` (at commit path `path`, "" for the root) and below; `file` is told each regular
-/// file's object and labelled metadata.
-fn label_dir(labeler: &Labeler, dir: &mut Dir, path: &mut Vec<u8>, file: &mut dyn FnMut(Checksum, &Meta) -> usize) {
+/// file whose object (as `written`) does not carry the label it must have, with that metadata.
+fn label_dir(labeler: Option<&Labeler>, written: &Written, dir: &mut Dir, path: &mut Vec<u8>, file: &mut dyn FnMut(Checksum, &Meta) -> usize) {
+    let label = |path: &[u8], mode: u32, meta: &Meta| match labeler {
+        Some(l) => labelled(l, path, mode, meta),
+        None => meta.clone(),
+    };
     let shown: &[u8] = if path.is_empty() { b"/" } else { path };
-    dir.meta = labelled(labeler, shown, S_IFDIR | dir.meta.mode, &dir.meta);
+    dir.meta = label(shown, S_IFDIR | dir.meta.mode, &dir.meta);
     for (name, node) in dir.entries.iter_mut() {
         let len = path.len();
         path.push(b'/');
         path.extend_from_slice(name);
         match node {
-            Node::Dir(d) => label_dir(labeler, d, path, file),
-            Node::Symlink(s) => s.meta = labelled(labeler, path, S_IFLNK | 0o777, &s.meta),
+            Node::Dir(d) => label_dir(labeler, written, d, path, file),
+            Node::Symlink(s) => s.meta = label(path, S_IFLNK | 0o777, &s.meta),
             Node::File(f) => {
-                let meta = labelled(labeler, path, S_IFREG | f.meta.mode, &f.meta);
-                if meta != f.meta {
+                let meta = label(path, S_IFREG | f.meta.mode, &f.meta);
+                let as_written = match written.get(&f.content) {
+                    Some(v) => with_label(&f.meta, v.clone()),
+                    None => f.meta.clone(),
+                };
+                if meta != as_written {
                     file(f.content, &meta);
-                    f.meta = meta;
                 }
+                f.meta = meta;
             }
         }
         path.truncate(len);
     }
 }
+
+/// A content store that labels each regular file as the image's policy, as far as the layers
+/// have shown it, labels its path (see the module's comment), and remembers the label each
+/// object got for [`label_commits`] to check.
+pub struct StreamLabels<'a> {
+    store: &'a Repo,
+    /// The policy's files seen so far, by commit path.
+    policy_files: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// The policy, once its files have all streamed past (None inside: unusable; the final
+    /// policy is read from the merged tree anyway).
+    policy: OnceLock<Option<Policy>>,
+    written: Mutex<Written>,
+}
+
+impl<'a> StreamLabels<'a> {
+    pub fn new(store: &'a Repo) -> Self {
+        StreamLabels { store, policy_files: Mutex::default(), policy: OnceLock::new(), written: Mutex::default() }
+    }
+
+    /// The label each object was written with.
+    pub fn into_written(self) -> Written {
+        self.written.into_inner().unwrap()
+    }
+
+    /// The policy to label with, once the layer reading `path` has gone past the policy's
+    /// directory (its files come before anything outside `etc/selinux` in a sorted tar).
+    fn policy(&self, path: &str) -> Option<&Policy> {
+        if let Some(p) = self.policy.get() {
+            return p.as_ref();
+        }
+        let files = self.policy_files.lock().unwrap();
+        if files.is_empty() || path.starts_with("usr/etc/selinux/") {
+            return None;
+        }
+        let config = files.keys().find(|k| k.ends_with("selinux/config"))?;
+        let dir = &config[..config.len() - "config".len()];
+        if !files.keys().any(|k| k.starts_with(dir) && k.ends_with("contexts/files/file_contexts")) {
+            return None;
+        }
+        let policy = Policy::from_files(&files).ok().flatten();
+        drop(files);
+        self.policy.get_or_init(|| policy).as_ref()
+    }
+}
+
+impl ContentStore for StreamLabels<'_> {
+    fn put(&self, path: &[Vec<u8>], meta: &Meta, size: u64, data: &mut dyn Read) -> Result<ContentKey> {
+        // The commit path: ostree-ext moves /etc to /usr/etc.
+        let mut commit = String::with_capacity(128);
+        if path.first().is_some_and(|c| c == b"etc") {
+            commit.push_str("usr/");
+        }
+        for (i, c) in path.iter().enumerate() {
+            if i > 0 {
+                commit.push('/');
+            }
+            commit.push_str(&String::from_utf8_lossy(c));
+        }
+        if crate::selinux::wanted(&commit) && size <= POLICY_FILE_MAX {
+            let mut bytes = Vec::with_capacity(size as usize);
+            data.read_to_end(&mut bytes)?;
+            let key = self.store.put(path, meta, size, &mut bytes.as_slice())?;
+            self.policy_files.lock().unwrap().insert(commit, bytes);
+            return Ok(key);
+        }
+        let Some(policy) = self.policy(&commit) else {
+            return self.store.put(path, meta, size, data);
+        };
+        let Some(label) = policy.labeler().xattr_value(format!("/{commit}").as_bytes(), S_IFREG | meta.mode) else {
+            return self.store.put(path, meta, size, data);
+        };
+        let key = self.store.put(path, &with_label(meta, label.clone()), size, data)?;
+        self.written.lock().unwrap().insert(key, label);
+        Ok(key)
+    }
+}
+
+/// The largest policy file kept in memory while streaming (Fedora's `file_contexts` is about
+/// half a MiB).
+const POLICY_FILE_MAX: u64 = 16 << 20;
 
 fn rekey_files(dir: &mut Dir, by_pair: &HashMap<(Checksum, Vec<u8>), Checksum>) {
     for node in dir.entries.values_mut() {
