@@ -5,6 +5,7 @@
 
 pub mod bake;
 pub mod bootloader;
+pub mod composefs;
 pub mod cli;
 pub mod disk;
 pub mod fsmeta;
