@@ -255,6 +255,7 @@ fn write_deployment(
             kargs: &all_kargs,
             version: version.as_deref(),
             image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
+            object_verity: None,
         },
     )?;
     disk::write_mounts(plan, &dep.dir)?;

@@ -38,6 +38,8 @@ pub struct DeployOptions<'a> {
     pub version: Option<&'a str>,
     /// The image reference recorded in `/.bootc-aleph.json`.
     pub image: &'a str,
+    /// The objects' fs-verity digests, carried in `.ostree.cfs` (when they have fs-verity).
+    pub object_verity: Option<&'a super::composefs::ObjectVerity>,
 }
 
 /// A written deployment.
@@ -170,6 +172,9 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
         "selinux": "disabled",
     });
     write_file(&sysroot.join(".bootc-aleph.json"), serde_json::to_string(&aleph)?.as_bytes())?;
+    // What ostree ≥ 2025.1 writes into every deployment, and prepare-root mounts as / when
+    // the initramfs enables composefs.
+    super::composefs::write_image(&dir, root, opts.object_verity)?;
     // ostree makes a deployment's root immutable, so that nothing but ostree adds or removes
     // entries at the top of the booted system.
     set_immutable(&dir, true)?;

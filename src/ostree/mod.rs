@@ -3,6 +3,7 @@
 //! and `bootc` from what `bootc install` writes.
 
 pub mod commit;
+pub mod composefs;
 pub mod deploy;
 pub mod gvariant;
 pub mod kargs;
