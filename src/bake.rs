@@ -16,7 +16,7 @@ use crate::cli::BakeArgs;
 use crate::disk::{self, esp::Esp, layout::parse_size, table, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
-use crate::ostree::{self, kargs, object::Kind, Repo};
+use crate::ostree::{self, kargs, object::Kind, prepare_root, Repo};
 use crate::platform::Platform;
 use crate::output::{self, Format, RawDisk};
 use crate::progress::Progress;
@@ -237,12 +237,13 @@ fn write_deployment(
     stage.finish();
 
     let stage = progress.stage("deploy", None);
-    let config = read_files(&repo, &root, &kargs::wanted)?;
+    let config = read_files(&repo, &root, &|p| kargs::wanted(p) || prepare_root::wanted(p))?;
     let install = kargs::install_config(&config, &platform.arch.kernel)?;
     let mut all_kargs = disk::kargs(plan);
     all_kargs.extend(install.kargs);
     all_kargs.extend(kargs::kargs_d(&config, &platform.arch.kernel)?);
     all_kargs.extend(args.kargs.iter().cloned());
+    let composefs = composefs_at_boot(&config, &all_kargs, plan)?;
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
         sysroot,
@@ -261,6 +262,31 @@ fn write_deployment(
     disk::write_mounts(plan, &dep.dir)?;
     stage.finish();
     Ok(dep)
+}
+
+/// How the image's initramfs will mount the deployment (its prepare-root.conf and the kernel
+/// arguments), refused where kiln cannot make a disk that boots that way.
+fn composefs_at_boot(config: &BTreeMap<String, Vec<u8>>, kargs: &[String], plan: &disk::Plan) -> Result<prepare_root::Boot> {
+    let conf = prepare_root::read(config)?;
+    let boot = conf.at_boot(kargs)?;
+    let origin = conf.origin.as_deref().unwrap_or("the kernel arguments");
+    if boot.signed {
+        bail!(
+            "{origin} sets [composefs] enabled = signed: the initramfs then mounts only a composefs image whose digest is signed with the private key matching its public key, and kiln cannot sign images. \
+             To bake it anyway, pass --karg ostree.prepare-root.composefs=1 (composefs with fs-verity, no signature check) or --karg ostree.prepare-root.composefs=0 (no composefs)"
+        );
+    }
+    if boot.needs_verity() {
+        let fs = plan.root().filesystem.as_deref().unwrap_or("none");
+        if fs != "ext4" && fs != "btrfs" {
+            bail!(
+                "{origin} sets [composefs] enabled = {}, which needs fs-verity on every object, and {fs} has no fs-verity: use --rootfs ext4 (or btrfs)",
+                conf.enabled.as_str()
+            );
+        }
+        bail!("fs-verity for [composefs] enabled = {} is not written yet", conf.enabled.as_str());
+    }
+    Ok(boot)
 }
 
 /// The origin the installed system updates from and the ref's image reference:

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::image::{Image, OpenOptions};
+use crate::ostree::prepare_root;
 use crate::progress::Progress;
 use crate::tree::{self, unpack};
 
@@ -13,8 +14,12 @@ use crate::tree::{self, unpack};
 pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Result<serde_json::Value> {
     let image = Image::open(reference, opts)?;
     image.fetch_layers(progress)?;
-    let merged = tree::apply_layers(&image, &tree::DiscardStore, progress, "read")?;
+    let merged = tree::scan::scan(&image, &prepare_root::wanted, progress)?;
     let kernels = tree::kernels(&merged.root);
+    let composefs = match prepare_root::read(&merged.files) {
+        Ok(c) => json!({"enabled": c.enabled.as_str(), "from": c.origin}),
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
     let label = image.bootable_label();
     let layers: Vec<_> = image
         .layers
@@ -32,6 +37,7 @@ pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Resu
         "kernels": kernels,
         "bootable": label.is_some() && !kernels.is_empty(),
         "bootableBecause": label.map(|l| format!("label {l}")),
+        "composefs": composefs,
     }))
 }
 
@@ -47,6 +53,13 @@ pub fn print_inspect(v: &serde_json::Value) {
         _ => "no (no kernel)".to_string(),
     };
     println!("Bootable:     {bootable}");
+    let composefs = &v["composefs"];
+    match (composefs["enabled"].as_str(), composefs["from"].as_str(), composefs["error"].as_str()) {
+        (Some(mode), Some(from), _) => println!("Composefs:    {mode} ({from})"),
+        (Some(mode), None, _) => println!("Composefs:    {mode} (no [composefs] enabled in ostree/prepare-root.conf)"),
+        (_, _, Some(e)) => println!("Composefs:    unreadable: {e}"),
+        _ => {}
+    }
     println!("Labels:");
     if let Some(labels) = v["labels"].as_object() {
         for (k, val) in labels {

@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod gvariant;
 pub mod kargs;
 pub mod object;
+pub mod prepare_root;
 pub mod refescape;
 pub mod repo;
 
