@@ -349,3 +349,53 @@ fn images_are_byte_identical_to_mkcomposefs() {
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+/// The strongest oracle: for a commit kiln wrote (the sid test image, through kiln's ostree
+/// stage), Debian sid's ostree 2026 writes the same `.ostree.cfs` kiln put in the deployment,
+/// and every object the image redirects to is in the repository.
+#[test]
+fn ostree_writes_the_same_image_for_kilns_commit() {
+    use kiln::ostree::{self, Repo};
+    let s = Scratch::new("composefs-ostree");
+    let sysroot = s.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("boot")).unwrap();
+    let reference = format!("oci:{}:latest", common::sid_image().join("oci").display());
+    let image = kiln::image::Image::open(&reference, &Default::default()).unwrap();
+    let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG).unwrap();
+    let merged = kiln::tree::apply_layers(&image, &repo, &kiln::progress::Progress::quiet(), "layers").unwrap();
+    let (root, filtered) = ostree::convert(merged.root).unwrap();
+    let kver = kiln::tree::kernels(&root).remove(0);
+    let info = ostree::CommitInfo { image: &image, target_transport_ref: "docker://quay.io/kiln/sid:latest", filtered: &filtered, kernel: &kver };
+    let commit = ostree::commit(&repo, &root, merged.layers, &info).unwrap();
+    let opts = ostree::DeployOptions {
+        stateroot: "default",
+        origin: "ostree-unverified-registry:quay.io/kiln/sid:latest",
+        kargs: &["rw".to_string()],
+        version: None,
+        image: "quay.io/kiln/sid:latest",
+        object_verity: None,
+    };
+    let dep = ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap();
+    let cfs = dep.dir.join(".ostree.cfs");
+    let md = std::fs::metadata(&cfs).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777, 0o644);
+    assert_eq!((std::os::unix::fs::MetadataExt::uid(&md), std::os::unix::fs::MetadataExt::gid(&md)), (0, 0));
+
+    let script = format!(
+        "set -e; cd /tmp; ostree --repo={repo} checkout --composefs-noverity {commit} ref.cfs; \
+         cmp /tmp/ref.cfs {cfs} && echo SAME; \
+         fsck.erofs {cfs} >/dev/null && echo FSCK-OK; \
+         echo MISSING:$(composefs-info missing-objects --basedir={repo}/objects {cfs} | wc -l); \
+         echo OBJECTS:$(composefs-info objects {cfs} | wc -l); \
+         composefs-info ls {cfs} | grep -c . | sed 's/^/ENTRIES:/'",
+        repo = sid::host(&sysroot.join("ostree/repo")),
+        commit = kiln::ostree::object::hex(&commit),
+        cfs = sid::host(&cfs),
+    );
+    let out = sid::run_ok(&script, &[&sysroot.join("ostree/repo"), &dep.dir]);
+    assert!(out.contains("SAME\n"), "ostree's image differs from kiln's:\n{out}");
+    assert!(out.contains("FSCK-OK\n"), "{out}");
+    assert!(out.contains("MISSING:0\n"), "objects missing from the repository:\n{out}");
+    let count = |key: &str| out.lines().find_map(|l| l.strip_prefix(key)).and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
+    assert!(count("OBJECTS:") > 1000 && count("ENTRIES:") > 5000, "the image lists too little:\n{out}");
+}
