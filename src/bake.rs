@@ -269,7 +269,10 @@ fn write_deployment(
 fn composefs_at_boot(config: &BTreeMap<String, Vec<u8>>, kargs: &[String], plan: &disk::Plan) -> Result<prepare_root::Boot> {
     let conf = prepare_root::read(config)?;
     let boot = conf.at_boot(kargs)?;
-    let origin = conf.origin.as_deref().unwrap_or("the kernel arguments");
+    let origin = match &conf.origin {
+        Some(o) => format!("the image's {o}"),
+        None => "the kernel arguments".to_string(),
+    };
     if boot.signed {
         bail!(
             "{origin} sets [composefs] enabled = signed: the initramfs then mounts only a composefs image whose digest is signed with the private key matching its public key, and kiln cannot sign images. \
