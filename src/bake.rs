@@ -150,7 +150,7 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     table::create_image(raw, &plan)?;
     let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
     std::fs::create_dir_all(workdir.path())?;
-    let sysroot = if ids.is_seeded() {
+    let mut sysroot = if ids.is_seeded() {
         Sysroot::create_staged(raw, &plan, workdir.path())?
     } else {
         Sysroot::create(raw, &plan, workdir.path())?
@@ -158,7 +158,7 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     stage.finish();
     interrupt::check()?;
 
-    let deployment = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
+    let (deployment, verity) = write_deployment(args, &image, &platform, &plan, &sysroot, progress).map_err(explain_enospc)?;
 
     let stage = progress.stage("bootloader", None);
     let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
@@ -182,6 +182,13 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     }
     stage.finish();
 
+    if verity {
+        // Last: on ext4 the objects' fs-verity metadata sits past their data until the
+        // filesystem is closed, so nothing may read them after this.
+        let stage = progress.stage("verity", None);
+        sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
+        stage.finish();
+    }
     let stage = progress.stage("finish", None);
     sysroot.close()?;
     std::fs::File::open(raw)
@@ -212,14 +219,16 @@ fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
 }
 
 /// Applies the image into an ostree repository on the sysroot, commits and deploys it.
+/// Returns the deployment and whether its boot needs fs-verity on the objects.
 fn write_deployment(
     args: &BakeArgs,
     image: &Image,
     platform: &Platform,
     plan: &disk::Plan,
-    sysroot: &Path,
+    target: &Sysroot,
     progress: &Progress,
-) -> Result<ostree::Deployment> {
+) -> Result<(ostree::Deployment, bool)> {
+    let sysroot = target.root.as_path();
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
     let merged = tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?;
     interrupt::check()?;
@@ -243,7 +252,15 @@ fn write_deployment(
     all_kargs.extend(install.kargs);
     all_kargs.extend(kargs::kargs_d(&config, &platform.arch.kernel)?);
     all_kargs.extend(args.kargs.iter().cloned());
-    let composefs = composefs_at_boot(&config, &all_kargs, plan)?;
+    let (composefs, why) = composefs_at_boot(&config, &all_kargs)?;
+    let object_verity = match composefs.needs_verity() {
+        true => {
+            target.check_verity().with_context(|| format!("{why}, which needs fs-verity on every object"))?;
+            repo.mark_fsverity()?;
+            Some(ostree::composefs::object_digests(&repo, &root)?)
+        }
+        false => None,
+    };
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
         sysroot,
@@ -256,40 +273,32 @@ fn write_deployment(
             kargs: &all_kargs,
             version: version.as_deref(),
             image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
-            object_verity: None,
+            object_verity: object_verity.as_ref(),
         },
     )?;
     disk::write_mounts(plan, &dep.dir)?;
     stage.finish();
-    Ok(dep)
+    Ok((dep, object_verity.is_some()))
 }
 
 /// How the image's initramfs will mount the deployment (its prepare-root.conf and the kernel
 /// arguments), refused where kiln cannot make a disk that boots that way.
-fn composefs_at_boot(config: &BTreeMap<String, Vec<u8>>, kargs: &[String], plan: &disk::Plan) -> Result<prepare_root::Boot> {
+/// Also returns where the mode comes from, for messages.
+fn composefs_at_boot(config: &BTreeMap<String, Vec<u8>>, kargs: &[String]) -> Result<(prepare_root::Boot, String)> {
     let conf = prepare_root::read(config)?;
     let boot = conf.at_boot(kargs)?;
-    let origin = match &conf.origin {
-        Some(o) => format!("the image's {o}"),
-        None => "the kernel arguments".to_string(),
+    let why = match &conf.origin {
+        Some(o) => format!("the image's {o} sets [composefs] enabled = {}", conf.enabled.as_str()),
+        None => "[composefs] enabled is not set".to_string(),
     };
     if boot.signed {
+        let why = if conf.enabled == prepare_root::Enabled::Signed { why } else { "the kernel argument ostree.prepare-root.composefs=signed".to_string() };
         bail!(
-            "{origin} sets [composefs] enabled = signed: the initramfs then mounts only a composefs image whose digest is signed with the private key matching its public key, and kiln cannot sign images. \
+            "{why}: the initramfs then mounts only a composefs image whose digest is signed with the private key matching its public key, and kiln cannot sign images. \
              To bake it anyway, pass --karg ostree.prepare-root.composefs=1 (composefs with fs-verity, no signature check) or --karg ostree.prepare-root.composefs=0 (no composefs)"
         );
     }
-    if boot.needs_verity() {
-        let fs = plan.root().filesystem.as_deref().unwrap_or("none");
-        if fs != "ext4" && fs != "btrfs" {
-            bail!(
-                "{origin} sets [composefs] enabled = {}, which needs fs-verity on every object, and {fs} has no fs-verity: use --rootfs ext4 (or btrfs)",
-                conf.enabled.as_str()
-            );
-        }
-        bail!("fs-verity for [composefs] enabled = {} is not written yet", conf.enabled.as_str());
-    }
-    Ok(boot)
+    Ok((boot, why))
 }
 
 /// The origin the installed system updates from and the ref's image reference:

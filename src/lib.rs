@@ -9,6 +9,7 @@ pub mod composefs;
 pub mod cli;
 pub mod disk;
 pub mod fsmeta;
+pub mod fsverity;
 pub mod interrupt;
 pub mod image;
 pub mod inspect;

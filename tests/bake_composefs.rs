@@ -139,3 +139,98 @@ fn a_prepare_root_conf_kiln_cannot_honour_is_refused() {
     let img = tiny_image(&s, &[("usr/lib/ostree/prepare-root.conf", "[composefs]\nenabled = verity\n")]);
     bake_fails(&s, &img, &["--rootfs", "xfs"], &["prepare-root.conf:2", "verity", "xfs", "--rootfs ext4"]);
 }
+
+/// A cpio archive (newc) holding one regular file, to append to an initramfs: the kernel
+/// unpacks concatenated archives in order, so its file replaces the one before.
+fn cpio_with(path: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut entry = |name: &str, mode: u32, data: &[u8]| {
+        let header = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            1, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+        );
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.resize(out.len().div_ceil(4) * 4, 0);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(4) * 4, 0);
+    };
+    entry(path, 0o100644, data);
+    entry("TRAILER!!!", 0, b"");
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// The sid image with a layer that makes its composefs mode `verity`: `prepare-root.conf`
+/// in the tree and in the initramfs (an archive appended to it, as the initramfs is what
+/// ostree-prepare-root reads).
+fn sid_with_verity(s: &Scratch) -> String {
+    let base = sid_image().join("base");
+    let kver = std::fs::read_dir(base.join("usr/lib/modules")).unwrap().next().unwrap().unwrap().file_name().into_string().unwrap();
+    let conf = b"[composefs]\nenabled = verity\n[sysroot]\nreadonly = true\n";
+    let mut initramfs = std::fs::read(base.join(format!("usr/lib/modules/{kver}/initramfs.img"))).unwrap();
+    initramfs.resize(initramfs.len().div_ceil(512) * 512, 0);
+    initramfs.extend(cpio_with("usr/lib/ostree/prepare-root.conf", conf));
+    let tar = common::oci::RawTar::default()
+        .entry(&format!("usr/lib/modules/{kver}/initramfs.img"), b'0', 0o644, "", &initramfs)
+        .entry("usr/lib/ostree/prepare-root.conf", b'0', 0o644, "", conf)
+        .finish();
+    common::oci::add_layer(&sid_image().join("oci"), &s.path().join("layout-verity"), &tar)
+}
+
+#[test]
+fn sid_with_verity_boots_with_every_object_verity_protected() {
+    let s = Scratch::new("bake-composefs-verity");
+    let image = sid_with_verity(&s);
+    let raw = bake(&s, &image, &["--rootfs", "ext4", "--karg", "selinux=0", "--target-imgref", "quay.io/kiln/sid:verity"]);
+
+    // The filesystem checker accepts the verity files kiln wrote without the kernel. (This
+    // machine's kernel has no fs-verity and so refuses to open them: they are read with
+    // debugfs.)
+    let (offset, size) = root_partition(&raw);
+    let dev = run(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", &offset.to_string(), "--sizelimit", &size.to_string()]).arg(&raw));
+    let dev = dev.trim().to_string();
+    let debugfs = |cmd: &str| String::from_utf8_lossy(&Command::new("debugfs").args(["-R", cmd, &dev]).output().unwrap().stdout).into_owned();
+    let fsck = Command::new("e2fsck").args(["-fn", &dev]).output().unwrap();
+    let features = debugfs("features");
+    let config = debugfs("cat /ostree/repo/config");
+    let deployment = debugfs("ls -p /ostree/deploy/default/deploy").split('/').find(|f| f.ends_with(".0")).map(str::to_string);
+    let cfs = s.path().join("kiln.cfs");
+    if let Some(d) = &deployment {
+        debugfs(&format!("dump /ostree/deploy/default/deploy/{d}/.ostree.cfs {}", cfs.display()));
+    }
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(fsck.status.success(), "e2fsck -fn:\n{}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    assert!(features.contains(" verity"), "{features}");
+    assert!(config.contains("[ex-integrity]\nfsverity=true\n"), "{config}");
+    let commit = deployment.expect("a deployment").trim_end_matches(".0").to_string();
+
+    // sid's ostree, computing every object's digest itself from a repository kiln writes of
+    // the same image, makes the same image, digests included.
+    let sysroot = s.path().join("reference");
+    let repo = kiln::ostree::Repo::create(&sysroot.join("ostree/repo"), "").unwrap();
+    let image = kiln::image::Image::open(&image, &Default::default()).unwrap();
+    let merged = kiln::tree::apply_layers(&image, &repo, &kiln::progress::Progress::quiet(), "layers").unwrap();
+    let (root, filtered) = kiln::ostree::convert(merged.root).unwrap();
+    let kver = kiln::tree::kernels(&root).remove(0);
+    let info = kiln::ostree::CommitInfo { image: &image, target_transport_ref: "docker://quay.io/kiln/sid:verity", filtered: &filtered, kernel: &kver };
+    let ours = kiln::ostree::commit(&repo, &root, merged.layers, &info).unwrap();
+    assert_eq!(kiln::ostree::object::hex(&ours), commit, "the same image gives the same commit");
+    let script = format!(
+        "set -e; cd /tmp; ostree --repo={repo} checkout --composefs {commit} ref.cfs; \
+         cmp ref.cfs {cfs} && echo SAME; echo UNVERIFIED:$(composefs-info dump {cfs} | awk '$3 ~ /^100/ && $2 > 0 && $11 == \"-\"' | wc -l)",
+        repo = sid::host(&sysroot.join("ostree/repo")),
+        cfs = sid::host(&cfs),
+    );
+    let out = sid::run_ok(&script, &[&sysroot, &cfs]);
+    assert!(out.contains("SAME\n") && out.contains("UNVERIFIED:0\n"), "sid's ostree disagrees with the baked disk:\n{out}");
+
+    let report = Boot::new(&raw, Firmware::Uefi, "bake-composefs-verity").run().unwrap_or_else(|e| panic!("{e}"));
+    println!("{report}");
+    for check in ["composefs.root", "composefs.image", "composefs.verity"] {
+        assert!(report.checks.contains_key(check), "the probe did not check {check}:\n{report}");
+    }
+    report.assert_outcome(&[]);
+    common::assert_no_leftovers(s.path());
+}

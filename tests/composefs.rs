@@ -288,7 +288,7 @@ fn write_cases(dir: &Path, cases: &[(String, Node)]) -> BTreeMap<String, String>
         let mut bytes = Vec::new();
         let digest = image.write_to(&mut bytes).unwrap();
         assert_eq!(bytes.len() as u64, image.len(), "{name}: the image's length");
-        assert_eq!(digest, kiln::composefs::fsverity::digest(&bytes), "{name}: the streamed digest");
+        assert_eq!(digest, kiln::fsverity::digest(&bytes), "{name}: the streamed digest");
         std::fs::write(dir.join(format!("{name}.cfs")), &bytes).unwrap();
         std::fs::write(dir.join(format!("{name}.dump")), dump::to_string(tree).unwrap()).unwrap();
         // The dump reads back to the same tree.

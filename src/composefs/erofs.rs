@@ -22,7 +22,7 @@ use std::io::{self, Write};
 
 use anyhow::{bail, Result};
 
-use super::fsverity;
+use crate::fsverity;
 use super::{Kind, Mtime, Node, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 
 const BLOCK: u64 = 4096;

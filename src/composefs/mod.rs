@@ -12,7 +12,6 @@
 
 pub mod dump;
 pub mod erofs;
-pub mod fsverity;
 
 use std::collections::BTreeMap;
 

@@ -11,16 +11,18 @@
 //! missing (mode 0755, root-owned, no xattrs) as mount points. Whiteouts hiding the object
 //! directories and the opaque root are the image writer's part.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::object::{hex, Checksum};
+use super::object::{self, hex, Checksum};
+use super::repo::Repo;
 use crate::composefs::{self, Kind, Mtime, Node};
+use crate::fsverity;
 use crate::tree::{self, Dir, Meta};
 
 /// The image's name in a deployment (`OSTREE_COMPOSEFS_NAME`).
@@ -82,6 +84,80 @@ fn dir_node(dir: &Dir, verity: Option<&ObjectVerity>) -> Node {
 pub fn object_path(c: &Checksum) -> String {
     let h = hex(c);
     format!("{}/{}.file", &h[..2], &h[2..])
+}
+
+/// The fs-verity digests of the content objects `root` uses, computed from their bytes (two
+/// threads; each object read once).
+pub fn object_digests(repo: &Repo, root: &Dir) -> Result<ObjectVerity> {
+    fn collect(dir: &Dir, out: &mut HashSet<Checksum>) {
+        for node in dir.entries.values() {
+            match node {
+                tree::Node::Dir(d) => collect(d, out),
+                tree::Node::File(f) => {
+                    out.insert(f.content);
+                }
+                tree::Node::Symlink(_) => {}
+            }
+        }
+    }
+    let mut objects = HashSet::new();
+    collect(root, &mut objects);
+    let objects: Vec<Checksum> = objects.into_iter().collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(objects.len().max(1));
+    let chunk = objects.len().div_ceil(workers).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = objects
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || -> Result<Vec<(Checksum, [u8; 32])>> {
+                    part.iter()
+                        .map(|c| {
+                            let p = repo.object_path(c, object::Kind::File);
+                            let mut f = fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+                            Ok((*c, fsverity::digest_reader(&mut f).with_context(|| format!("reading {}", p.display()))?))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let mut all = ObjectVerity::with_capacity(objects.len());
+        for h in handles {
+            all.extend(h.join().expect("a digest thread panicked")?);
+        }
+        Ok(all)
+    })
+}
+
+/// The files of a sysroot that get fs-verity when the image requires it, as bootc gives it:
+/// every regular content object, every deployment's `.ostree.cfs`, and the repository's
+/// config (bootc's mark that the whole repository has it).
+pub fn verity_files(sysroot: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let repo = sysroot.join("ostree/repo");
+    let read = |d: &Path| fs::read_dir(d).with_context(|| format!("cannot read {}", d.display()));
+    for dir in read(&repo.join("objects"))? {
+        let dir = dir?;
+        if !dir.file_type()?.is_dir() {
+            continue;
+        }
+        for e in read(&dir.path())? {
+            let e = e?;
+            if e.file_type()?.is_file() && e.file_name().as_encoded_bytes().ends_with(b".file") {
+                files.push(e.path());
+            }
+        }
+    }
+    for stateroot in read(&sysroot.join("ostree/deploy"))? {
+        for dep in read(&stateroot?.path().join("deploy"))? {
+            let image = dep?.path().join(IMAGE_NAME);
+            if image.is_file() {
+                files.push(image);
+            }
+        }
+    }
+    files.push(repo.join("config"));
+    files.sort();
+    Ok(files)
 }
 
 /// Writes `<deployment>/.ostree.cfs` (mode 0644) for the commit tree `root`; returns the

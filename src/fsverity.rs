@@ -1,9 +1,10 @@
-//! The fs-verity digest of a file's bytes, computed in userspace: SHA-256 over 4 KiB blocks,
-//! no salt — what the kernel reports through `FS_IOC_MEASURE_VERITY` once verity is enabled
-//! with those parameters, and what `fsverity digest` prints (Documentation/filesystems/
-//! fsverity.rst, "File digest computation").
+//! fs-verity computed in userspace, SHA-256 over 4 KiB blocks, no salt (the parameters ostree,
+//! bootc and composefs use): a file's digest — what the kernel reports through
+//! `FS_IOC_MEASURE_VERITY` and `fsverity digest` prints — and, for writing verity files
+//! without the kernel, its Merkle tree and descriptor (Documentation/filesystems/fsverity.rst,
+//! "Merkle tree" and "File digest computation").
 //!
-//! The Merkle tree is hashed level by level as the bytes stream in, so memory stays at one
+//! [`Hasher`] hashes the tree level by level as the bytes stream in, so memory stays at one
 //! block per level whatever the file's size.
 
 use std::io::{self, Read, Write};
@@ -80,14 +81,7 @@ impl Hasher {
                 l += 1;
             }
         }
-        let mut desc = [0u8; 256];
-        desc[0] = 1; // version
-        desc[1] = HASH_ALG_SHA256;
-        desc[2] = BLOCK_SIZE.trailing_zeros() as u8; // log_blocksize
-        desc[3] = 0; // salt_size
-        desc[8..16].copy_from_slice(&self.size.to_le_bytes());
-        desc[16..16 + HASH_SIZE].copy_from_slice(&root);
-        Sha256::digest(desc).into()
+        Sha256::digest(descriptor(self.size, &root)).into()
     }
 }
 
@@ -99,6 +93,72 @@ impl Write for Hasher {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// The fs-verity descriptor (`struct fsverity_descriptor`, no signature) of a file of `size`
+/// bytes whose Merkle tree has root hash `root`. The file digest is its SHA-256.
+pub fn descriptor(size: u64, root: &[u8; HASH_SIZE]) -> [u8; 256] {
+    let mut desc = [0u8; 256];
+    desc[0] = 1; // version
+    desc[1] = HASH_ALG_SHA256;
+    desc[2] = BLOCK_SIZE.trailing_zeros() as u8; // log_blocksize
+    desc[3] = 0; // salt_size
+    desc[8..16].copy_from_slice(&size.to_le_bytes());
+    desc[16..16 + HASH_SIZE].copy_from_slice(root);
+    desc
+}
+
+/// What a filesystem stores to make a file a verity file.
+pub struct Metadata {
+    /// The Merkle tree's blocks as stored: the level holding the root's block first, the
+    /// hashes of the data blocks last. Empty for a file of one block or less.
+    pub tree: Vec<u8>,
+    pub descriptor: [u8; 256],
+    pub digest: [u8; 32],
+}
+
+/// Reads a file through and builds its Merkle tree (about 1/128 of its size) and descriptor.
+pub fn metadata(r: &mut dyn Read) -> io::Result<Metadata> {
+    let mut leaves = Vec::new();
+    let mut size = 0u64;
+    let mut block = vec![0u8; BLOCK_SIZE];
+    loop {
+        let mut n = 0;
+        while n < BLOCK_SIZE {
+            match r.read(&mut block[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        block[n..].fill(0);
+        leaves.extend_from_slice(&Sha256::digest(&block));
+        if n < BLOCK_SIZE {
+            break;
+        }
+    }
+    let mut root = [0u8; HASH_SIZE];
+    let mut levels: Vec<Vec<u8>> = Vec::new();
+    if leaves.len() == HASH_SIZE {
+        root.copy_from_slice(&leaves);
+    } else if !leaves.is_empty() {
+        let mut level = leaves;
+        loop {
+            level.resize(level.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE, 0);
+            let next: Vec<u8> = level.chunks(BLOCK_SIZE).flat_map(|b| Sha256::digest(b)).collect();
+            levels.push(level);
+            if next.len() == HASH_SIZE {
+                root.copy_from_slice(&next);
+                break;
+            }
+            level = next;
+        }
+    }
+    let descriptor = descriptor(size, &root);
+    Ok(Metadata { tree: levels.into_iter().rev().flatten().collect(), descriptor, digest: Sha256::digest(descriptor).into() })
 }
 
 /// The digest of everything `r` yields.
@@ -155,7 +215,14 @@ mod tests {
             for chunk in data.chunks(1000) {
                 h.update(chunk);
             }
-            assert_eq!(h.finish(), reference(&data), "size {size}");
+            let digest = h.finish();
+            assert_eq!(digest, reference(&data), "size {size}");
+            let m = metadata(&mut data.as_slice()).unwrap();
+            assert_eq!(m.digest, digest, "size {size}");
+            // The tree: every block but the top one is hashed into the level above.
+            let blocks = (size as usize).div_ceil(4096);
+            let expected_tree_blocks = if blocks <= 1 { 0 } else { (1..).map(|l| blocks.div_ceil(128usize.pow(l))).take_while(|&n| n > 1).sum::<usize>() + 1 };
+            assert_eq!(m.tree.len(), expected_tree_blocks * 4096, "size {size}");
         }
     }
 
