@@ -11,6 +11,7 @@ use std::process::Command;
 
 use common::boot::{Boot, Firmware};
 use common::{bake_fails, kiln, run, sid, sid_image, tiny_image, Scratch};
+use sha2::Digest;
 
 /// Bakes `image` into `<scratch>/out`; returns the raw disk.
 fn bake(s: &Scratch, image: &str, extra: &[&str]) -> PathBuf {
@@ -233,4 +234,146 @@ fn sid_with_verity_boots_with_every_object_verity_protected() {
     }
     report.assert_outcome(&[]);
     common::assert_no_leftovers(s.path());
+}
+
+/// Runs a debugfs request against a device; returns its output.
+fn debugfs(dev: &str, request: &str) -> String {
+    String::from_utf8_lossy(&Command::new("debugfs").args(["-R", request, dev]).output().unwrap().stdout).into_owned()
+}
+
+/// A tiny image whose composefs mode is verity, baked on a mounted filesystem and staged
+/// (`--seed`, mke2fs -d): e2fsck accepts the disk; this machine's kernel (no fs-verity) sees
+/// the objects as verity files and refuses to open them; each one's last block holds its
+/// fs-verity descriptor, which names its data size and whose digest is the digest of its
+/// data; the image's metacopy digests are those. (That a kernel with fs-verity accepts them
+/// is the boot test's part.)
+#[test]
+fn verity_files_are_written_on_ext4_mounted_and_staged() {
+    for (name, extra) in [("mounted", &[][..]), ("staged", &["--seed", "kiln-verity"][..])] {
+        let s = Scratch::new(&format!("bake-composefs-verity-{name}"));
+        let big = "0123456789abcdef".repeat(40_000);
+        let img = tiny_image(&s, &[("usr/lib/ostree/prepare-root.conf", "[composefs]\nenabled = verity\n"), ("usr/share/big", &big), ("usr/share/empty", "")]);
+        let mut args = vec!["--rootfs", "ext4"];
+        args.extend_from_slice(extra);
+        let raw = bake(&s, &img, &args);
+        let (offset, size) = root_partition(&raw);
+        let dev = run(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", &offset.to_string(), "--sizelimit", &size.to_string()]).arg(&raw));
+        let dev = dev.trim().to_string();
+        let fsck = Command::new("e2fsck").args(["-fn", &dev]).output().unwrap();
+        assert!(fsck.status.success(), "{name}: e2fsck -fn:\n{}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+        assert!(debugfs(&dev, "features").contains(" verity"), "{name}: no verity feature");
+
+        let mnt = s.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        run(Command::new("mount").args(["-t", "ext4", "-o", "ro,noload", &dev]).arg(&mnt));
+        let mut files: Vec<(String, u64)> = Vec::new();
+        for d in std::fs::read_dir(mnt.join("ostree/repo/objects")).unwrap() {
+            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                let p = f.unwrap().path();
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                if md.is_file() && p.extension().is_some_and(|e| e == "file") {
+                    files.push((format!("/{}", p.strip_prefix(&mnt).unwrap().display()), md.len()));
+                }
+            }
+        }
+        let deployment = std::fs::read_dir(mnt.join("ostree/deploy/default/deploy")).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+        let cfs = format!("/{}", deployment.join(".ostree.cfs").strip_prefix(&mnt).unwrap().display());
+        files.push((cfs.clone(), std::fs::metadata(mnt.join(&cfs[1..])).unwrap().len()));
+        files.push(("/ostree/repo/config".into(), std::fs::metadata(mnt.join("ostree/repo/config")).unwrap().len()));
+        let refused = std::fs::read(mnt.join(&files[0].0[1..])).unwrap_err();
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert!(files.iter().any(|(_, size)| *size > 600_000), "{name}: the big file's object is missing");
+        assert_eq!(refused.raw_os_error(), Some(libc::EOPNOTSUPP), "{name}: this kernel does not see a verity file");
+
+        let mut part = std::fs::File::open(&dev).unwrap();
+        let mut digests = std::collections::BTreeMap::new();
+        for (path, size) in &files {
+            let stat = debugfs(&dev, &format!("stat \"{path}\""));
+            assert!(stat.contains("Flags: 0x180000"), "{name}: {path} is not an extents verity file:\n{stat}");
+            // The last block: the descriptor at its start, its size in its last 4 bytes.
+            let blocks = debugfs(&dev, &format!("blocks \"{path}\""));
+            let last: u64 = blocks.split_whitespace().last().unwrap().parse().unwrap();
+            let mut block = vec![0u8; 4096];
+            std::io::Seek::seek(&mut part, std::io::SeekFrom::Start(last * 4096)).unwrap();
+            std::io::Read::read_exact(&mut part, &mut block).unwrap();
+            assert_eq!(block[4092..], 256u32.to_le_bytes(), "{name}: {path}: the descriptor size");
+            assert_eq!(block[..4], [1, 1, 12, 0], "{name}: {path}: version, SHA-256, 4 KiB blocks, no salt");
+            assert_eq!(block[8..16], size.to_le_bytes(), "{name}: {path}: the data size");
+            let data = Command::new("debugfs").args(["-R", &format!("cat \"{path}\""), &dev]).output().unwrap().stdout;
+            assert_eq!(data.len() as u64, *size, "{name}: {path}");
+            let digest = kiln::fsverity::digest(&data);
+            assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(&block[..256])), digest, "{name}: {path}: the descriptor's digest");
+            digests.insert(path.clone(), hex::encode(digest));
+        }
+        // The image redirects to each object with that digest.
+        let image = Command::new("debugfs").args(["-R", &format!("cat \"{cfs}\""), &dev]).output().unwrap().stdout;
+        let _ = Command::new("losetup").args(["-d", &dev]).status();
+        let image_path = s.path().join("image.cfs");
+        std::fs::write(&image_path, image).unwrap();
+        let dump = sid::run_ok(&format!("composefs-info dump {}", sid::host(&image_path)), &[&image_path]);
+        let mut redirects = 0;
+        for line in dump.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f[8] != "-" && f[2].starts_with("100") {
+                assert_eq!(Some(&f[10].to_string()), digests.get(&format!("/ostree/repo/objects/{}", f[8])), "{name}: {line}");
+                redirects += 1;
+            }
+        }
+        assert!(redirects >= 3, "{name}: {dump}");
+        common::assert_no_leftovers(s.path());
+    }
+}
+
+/// Whether this machine's kernel can enable fs-verity (its config says so).
+fn kernel_has_fs_verity() -> bool {
+    let Ok(f) = std::fs::File::open("/proc/config.gz") else { return false };
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text);
+    text.lines().any(|l| l == "CONFIG_FS_VERITY=y")
+}
+
+/// btrfs keeps fs-verity in its trees, which only its kernel driver writes: where this
+/// machine's kernel cannot, an image that needs it is refused with the remedy.
+#[test]
+fn verity_on_btrfs_needs_a_kernel_with_fs_verity() {
+    let s = Scratch::new("bake-composefs-verity-btrfs");
+    let img = tiny_image(&s, &[("usr/lib/ostree/prepare-root.conf", "[composefs]\nenabled = verity\n")]);
+    if kernel_has_fs_verity() {
+        // The kernel writes it; a read-only mount shows every object measured.
+        let raw = bake(&s, &img, &["--rootfs", "btrfs"]);
+        let (offset, size) = root_partition(&raw);
+        let mnt = s.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        run(Command::new("mount").args(["-t", "btrfs", "-o", &format!("ro,loop,offset={offset},sizelimit={size}")]).arg(&raw).arg(&mnt));
+        let unmeasured = Command::new("sh").arg("-c").arg(format!("find {}/ostree/repo/objects -name '*.file' -type f -exec fsverity measure {{}} + 2>&1 >/dev/null", mnt.display())).output().unwrap();
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert!(unmeasured.status.success() && unmeasured.stdout.is_empty(), "{}", String::from_utf8_lossy(&unmeasured.stdout));
+    } else {
+        bake_fails(&s, &img, &["--rootfs", "btrfs"], &["prepare-root.conf:2", "verity", "CONFIG_FS_VERITY", "--rootfs ext4"]);
+    }
+}
+
+/// `kiln image inspect` says which composefs mode the image boots with, and where that comes
+/// from, or why its configuration cannot be read.
+#[test]
+fn inspect_reports_the_composefs_mode() {
+    let inspect = |reference: &str| {
+        let o = kiln(&["image", "inspect", reference]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = inspect(&sid_ref());
+    assert!(out.contains("Composefs:    yes (/usr/lib/ostree/prepare-root.conf:2)"), "{out}");
+
+    let s = Scratch::new("inspect-composefs");
+    let img = tiny_image(&s, &[("usr/lib/ostree/prepare-root.conf", "[composefs]\nenabled = yes\n"), ("etc/ostree/prepare-root.conf", "[composefs]\n\nenabled = verity\n")]);
+    let out = inspect(&img);
+    assert!(out.contains("Composefs:    verity (/etc/ostree/prepare-root.conf:3)"), "{out}");
+    let s = Scratch::new("inspect-composefs-bad");
+    let img = tiny_image(&s, &[("usr/lib/ostree/prepare-root.conf", "[composefs]\nenabled: yes\n")]);
+    let out = inspect(&img);
+    assert!(out.contains("Composefs:    unreadable:") && out.contains("line 2"), "{out}");
+    let s = Scratch::new("inspect-composefs-none");
+    let out = inspect(&tiny_image(&s, &[]));
+    assert!(out.contains("Composefs:    no (no [composefs] enabled"), "{out}");
 }
