@@ -31,26 +31,48 @@ fn root_partition(raw: &Path) -> (u64, u64) {
     (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512)
 }
 
-/// The disk's root filesystem mounted at `at` through a loop device of its own; undone on drop.
-struct Mounted {
-    dev: String,
-    at: PathBuf,
-}
+/// A loop device on a disk's root partition (the last one); detached on drop.
+struct RootLoop(String);
 
-impl Mounted {
-    fn new(raw: &Path, at: &Path, writable: bool) -> Mounted {
+impl RootLoop {
+    fn new(raw: &Path, writable: bool) -> RootLoop {
         let (offset, size) = root_partition(raw);
         let mut losetup = Command::new("losetup");
         losetup.args(["--find", "--show", "--offset", &offset.to_string(), "--sizelimit", &size.to_string()]);
         if !writable {
             losetup.arg("--read-only");
         }
-        let dev = run(losetup.arg(raw)).trim().to_string();
+        RootLoop(run(losetup.arg(raw)).trim().to_string())
+    }
+
+    /// Runs a debugfs request on it; returns the output.
+    fn debugfs(&self, request: &str) -> Vec<u8> {
+        Command::new("debugfs").args(["-R", request, &self.0]).output().unwrap().stdout
+    }
+
+    fn debugfs_text(&self, request: &str) -> String {
+        String::from_utf8_lossy(&self.debugfs(request)).into_owned()
+    }
+}
+
+impl Drop for RootLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// The disk's root filesystem mounted at `at`; unmounted on drop (before its loop device).
+struct Mounted {
+    at: PathBuf,
+    _dev: RootLoop,
+}
+
+impl Mounted {
+    fn new(raw: &Path, at: &Path, writable: bool) -> Mounted {
+        let dev = RootLoop::new(raw, writable);
         std::fs::create_dir_all(at).unwrap();
-        let opts = if writable { "rw" } else { "ro,noload" };
-        let m = Mounted { dev, at: at.to_path_buf() };
-        run(Command::new("mount").args(["-t", "ext4", "-o", opts, &m.dev]).arg(at));
-        m
+        run(Command::new("mount").args(["-t", "ext4", "-o", if writable { "rw" } else { "ro,noload" }, &dev.0]).arg(at));
+        Mounted { at: at.to_path_buf(), _dev: dev }
     }
 
     /// The deployment directory `ostree/deploy/default/deploy/<commit>.0`.
@@ -63,7 +85,6 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.at).status();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
 
@@ -189,19 +210,16 @@ fn sid_with_verity_boots_with_every_object_verity_protected() {
     // The filesystem checker accepts the verity files kiln wrote without the kernel. (This
     // machine's kernel has no fs-verity and so refuses to open them: they are read with
     // debugfs.)
-    let (offset, size) = root_partition(&raw);
-    let dev = run(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", &offset.to_string(), "--sizelimit", &size.to_string()]).arg(&raw));
-    let dev = dev.trim().to_string();
-    let debugfs = |cmd: &str| String::from_utf8_lossy(&Command::new("debugfs").args(["-R", cmd, &dev]).output().unwrap().stdout).into_owned();
-    let fsck = Command::new("e2fsck").args(["-fn", &dev]).output().unwrap();
-    let features = debugfs("features");
-    let config = debugfs("cat /ostree/repo/config");
-    let deployment = debugfs("ls -p /ostree/deploy/default/deploy").split('/').find(|f| f.ends_with(".0")).map(str::to_string);
+    let dev = RootLoop::new(&raw, false);
+    let fsck = Command::new("e2fsck").args(["-fn", &dev.0]).output().unwrap();
+    let features = dev.debugfs_text("features");
+    let config = dev.debugfs_text("cat /ostree/repo/config");
+    let deployment = dev.debugfs_text("ls -p /ostree/deploy/default/deploy").split('/').find(|f| f.ends_with(".0")).map(str::to_string);
     let cfs = s.path().join("kiln.cfs");
     if let Some(d) = &deployment {
-        debugfs(&format!("dump /ostree/deploy/default/deploy/{d}/.ostree.cfs {}", cfs.display()));
+        std::fs::write(&cfs, dev.debugfs(&format!("cat /ostree/deploy/default/deploy/{d}/.ostree.cfs"))).unwrap();
     }
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    drop(dev);
     assert!(fsck.status.success(), "e2fsck -fn:\n{}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
     assert!(features.contains(" verity"), "{features}");
     assert!(config.contains("[ex-integrity]\nfsverity=true\n"), "{config}");
@@ -236,11 +254,6 @@ fn sid_with_verity_boots_with_every_object_verity_protected() {
     common::assert_no_leftovers(s.path());
 }
 
-/// Runs a debugfs request against a device; returns its output.
-fn debugfs(dev: &str, request: &str) -> String {
-    String::from_utf8_lossy(&Command::new("debugfs").args(["-R", request, dev]).output().unwrap().stdout).into_owned()
-}
-
 /// The bookworm test image with a layer making its composefs mode verity (kiln does not
 /// care that bookworm's ostree would not use it), baked on a mounted filesystem and staged
 /// (`--seed`, mke2fs -d): e2fsck accepts the disk; this machine's kernel (no fs-verity) sees
@@ -262,16 +275,8 @@ fn verity_files_are_written_on_ext4_mounted_and_staged() {
         let mut args = vec!["--rootfs", "ext4"];
         args.extend_from_slice(extra);
         let raw = bake(&s, &img, &args);
-        let (offset, size) = root_partition(&raw);
-        let dev = run(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", &offset.to_string(), "--sizelimit", &size.to_string()]).arg(&raw));
-        let dev = dev.trim().to_string();
-        let fsck = Command::new("e2fsck").args(["-fn", &dev]).output().unwrap();
-        assert!(fsck.status.success(), "{name}: e2fsck -fn:\n{}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
-        assert!(debugfs(&dev, "features").contains(" verity"), "{name}: no verity feature");
-
-        let mnt = s.path().join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        run(Command::new("mount").args(["-t", "ext4", "-o", "ro,noload", &dev]).arg(&mnt));
+        let m = Mounted::new(&raw, &s.path().join("mnt"), false);
+        let mnt = m.at.clone();
         // A sample of the objects (debugfs takes a while per file): the largest, empty ones,
         // every 400th.
         let mut objects: Vec<(String, u64)> = Vec::new();
@@ -294,17 +299,21 @@ fn verity_files_are_written_on_ext4_mounted_and_staged() {
         files.push((cfs.clone(), std::fs::metadata(mnt.join(&cfs[1..])).unwrap().len()));
         files.push(("/ostree/repo/config".into(), std::fs::metadata(mnt.join("ostree/repo/config")).unwrap().len()));
         let refused = std::fs::read(mnt.join(&files[0].0[1..])).unwrap_err();
-        let _ = Command::new("umount").arg(&mnt).status();
+        drop(m);
+        let dev = RootLoop::new(&raw, false);
+        let fsck = Command::new("e2fsck").args(["-fn", &dev.0]).output().unwrap();
+        assert!(fsck.status.success(), "{name}: e2fsck -fn:\n{}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+        assert!(dev.debugfs_text("features").contains(" verity"), "{name}: no verity feature");
         assert!(files.iter().any(|(_, size)| *size >= 640_000) && files.iter().any(|(_, size)| *size == 0), "{name}: {files:?}");
         assert_eq!(refused.raw_os_error(), Some(libc::EOPNOTSUPP), "{name}: this kernel does not see a verity file");
 
-        let mut part = std::fs::File::open(&dev).unwrap();
+        let mut part = std::fs::File::open(&dev.0).unwrap();
         let mut digests = std::collections::BTreeMap::new();
         for (path, size) in &files {
-            let stat = debugfs(&dev, &format!("stat \"{path}\""));
+            let stat = dev.debugfs_text(&format!("stat \"{path}\""));
             assert!(stat.contains("Flags: 0x180000"), "{name}: {path} is not an extents verity file:\n{stat}");
             // The last block: the descriptor at its start, its size in its last 4 bytes.
-            let blocks = debugfs(&dev, &format!("blocks \"{path}\""));
+            let blocks = dev.debugfs_text(&format!("blocks \"{path}\""));
             let last: u64 = blocks.split_whitespace().last().unwrap().parse().unwrap();
             let mut block = vec![0u8; 4096];
             std::io::Seek::seek(&mut part, std::io::SeekFrom::Start(last * 4096)).unwrap();
@@ -312,16 +321,16 @@ fn verity_files_are_written_on_ext4_mounted_and_staged() {
             assert_eq!(block[4092..], 256u32.to_le_bytes(), "{name}: {path}: the descriptor size");
             assert_eq!(block[..4], [1, 1, 12, 0], "{name}: {path}: version, SHA-256, 4 KiB blocks, no salt");
             assert_eq!(block[8..16], size.to_le_bytes(), "{name}: {path}: the data size");
-            let data = Command::new("debugfs").args(["-R", &format!("cat \"{path}\""), &dev]).output().unwrap().stdout;
+            let data = dev.debugfs(&format!("cat \"{path}\""));
             assert_eq!(data.len() as u64, *size, "{name}: {path}");
             let digest = kiln::fsverity::digest(&data);
             assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(&block[..256])), digest, "{name}: {path}: the descriptor's digest");
             digests.insert(path.clone(), hex::encode(digest));
         }
         // The image redirects to each object with that digest.
-        let image = Command::new("debugfs").args(["-R", &format!("cat \"{cfs}\""), &dev]).output().unwrap().stdout;
+        let image = dev.debugfs(&format!("cat \"{cfs}\""));
         drop(part);
-        let _ = Command::new("losetup").args(["-d", &dev]).status();
+        drop(dev);
         let image_path = s.path().join("image.cfs");
         std::fs::write(&image_path, image).unwrap();
         let dump = sid::run_ok(&format!("composefs-info dump {}", sid::host(&image_path)), &[&image_path]);
