@@ -148,7 +148,7 @@ pub fn metadata(r: &mut dyn Read) -> io::Result<Metadata> {
         let mut level = leaves;
         loop {
             level.resize(level.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE, 0);
-            let next: Vec<u8> = level.chunks(BLOCK_SIZE).flat_map(|b| Sha256::digest(b)).collect();
+            let next: Vec<u8> = level.chunks(BLOCK_SIZE).flat_map(Sha256::digest).collect();
             levels.push(level);
             if next.len() == HASH_SIZE {
                 root.copy_from_slice(&next);

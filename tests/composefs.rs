@@ -11,6 +11,7 @@ use std::path::Path;
 
 use common::{sid, Scratch};
 use kiln::composefs::{dump, erofs::Image, Kind, Mtime, Node};
+use sha2::Digest;
 
 fn file(size: u64, payload: &str, verity: Option<[u8; 32]>) -> Node {
     Node { kind: Kind::Regular { size, payload: Some(payload.as_bytes().to_vec()), verity }, ..Node::dir(0o644, 0, 0) }
@@ -34,8 +35,6 @@ fn object(i: u64) -> String {
     let h = hex::encode(sha2::Sha256::digest(i.to_le_bytes()));
     format!("{}/{}.file", &h[..2], &h[2..])
 }
-
-use sha2::Digest;
 
 /// An ostree-shaped tree: labelled directories, files redirected to objects, empty files,
 /// symlinks, the mount-point directories.
@@ -287,7 +286,7 @@ fn write_cases(dir: &Path, cases: &[(String, Node)]) -> BTreeMap<String, String>
         let image = Image::new(tree).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let mut bytes = Vec::new();
         let digest = image.write_to(&mut bytes).unwrap();
-        assert_eq!(bytes.len() as u64, image.len(), "{name}: the image's length");
+        assert_eq!(bytes.len() as u64, image.size(), "{name}: the image's length");
         assert_eq!(digest, kiln::fsverity::digest(&bytes), "{name}: the streamed digest");
         std::fs::write(dir.join(format!("{name}.cfs")), &bytes).unwrap();
         std::fs::write(dir.join(format!("{name}.dump")), dump::to_string(tree).unwrap()).unwrap();

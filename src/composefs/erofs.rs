@@ -366,18 +366,20 @@ impl<'a> Image<'a> {
     /// Xattrs used by more than one inode go to the shared table, in libcomposefs' canonical
     /// order (name, then value length, then value, all descending).
     fn share_xattrs(&mut self) {
-        // Where each shared (name, value) is first found: (inode, xattr) indexes.
+        /// An xattr by (name, value).
+        type Pair<'x> = (&'x [u8], &'x [u8]);
+        /// Where an xattr is first found: (inode, xattr) indexes.
+        type At = (usize, usize);
         let (table, assigned) = {
-            let mut uses: HashMap<(&[u8], &[u8]), (u32, (usize, usize))> = HashMap::new();
+            let mut uses: HashMap<Pair, (u32, At)> = HashMap::new();
             for (i, inode) in self.inodes.iter().enumerate() {
                 for (j, x) in inode.xattrs.iter().enumerate() {
                     uses.entry((&x.key, &x.value)).or_insert((0, (i, j))).0 += 1;
                 }
             }
-            let mut shared: Vec<((&[u8], &[u8]), (usize, usize))> =
-                uses.iter().filter(|(_, (n, _))| *n > 1).map(|(k, (_, at))| (*k, *at)).collect();
+            let mut shared: Vec<(Pair, At)> = uses.iter().filter(|(_, (n, _))| *n > 1).map(|(k, (_, at))| (*k, *at)).collect();
             shared.sort_unstable_by(|(a, _), (b, _)| b.0.cmp(a.0).then(b.1.len().cmp(&a.1.len())).then(b.1.cmp(a.1)));
-            let mut offsets: HashMap<(&[u8], &[u8]), u64> = HashMap::with_capacity(shared.len());
+            let mut offsets: HashMap<Pair, u64> = HashMap::with_capacity(shared.len());
             let mut offset = 0;
             for (x, _) in &shared {
                 offsets.insert(*x, offset);
@@ -458,12 +460,8 @@ impl<'a> Image<'a> {
     }
 
     /// The image's size in bytes.
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.data_start() + self.data_blocks * BLOCK
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     fn data_start(&self) -> u64 {
@@ -511,7 +509,7 @@ impl<'a> Image<'a> {
             self.write_data(&mut out, inode)?;
         }
         debug_assert_eq!(out.pos, data_end);
-        debug_assert_eq!(out.pos, self.len());
+        debug_assert_eq!(out.pos, self.size());
         Ok(out.verity.finish())
     }
 
