@@ -252,15 +252,16 @@ fn write_deployment(
     all_kargs.extend(install.kargs);
     all_kargs.extend(kargs::kargs_d(&config, &platform.arch.kernel)?);
     all_kargs.extend(args.kargs.iter().cloned());
-    let (composefs, why) = composefs_at_boot(&config, &all_kargs)?;
-    let object_verity = match composefs.needs_verity() {
-        true => {
-            target.check_verity().with_context(|| format!("{why}, which needs fs-verity on every object"))?;
+    // How the initramfs will mount the deployment; fs-verity on every object where required.
+    let composefs = prepare_root::at_boot(&config, &all_kargs)?;
+    let object_verity = composefs
+        .needs_verity()
+        .then(|| -> Result<_> {
+            target.check_verity().with_context(|| format!("{}, which needs fs-verity on every object", composefs.why))?;
             repo.mark_fsverity()?;
-            Some(ostree::composefs::object_digests(&repo, &root)?)
-        }
-        false => None,
-    };
+            ostree::composefs::object_digests(&repo, &root)
+        })
+        .transpose()?;
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
         sysroot,
@@ -279,26 +280,6 @@ fn write_deployment(
     disk::write_mounts(plan, &dep.dir)?;
     stage.finish();
     Ok((dep, object_verity.is_some()))
-}
-
-/// How the image's initramfs will mount the deployment (its prepare-root.conf and the kernel
-/// arguments), refused where kiln cannot make a disk that boots that way.
-/// Also returns where the mode comes from, for messages.
-fn composefs_at_boot(config: &BTreeMap<String, Vec<u8>>, kargs: &[String]) -> Result<(prepare_root::Boot, String)> {
-    let conf = prepare_root::read(config)?;
-    let boot = conf.at_boot(kargs)?;
-    let why = match &conf.origin {
-        Some(o) => format!("the image's {o} sets [composefs] enabled = {}", conf.enabled.as_str()),
-        None => "[composefs] enabled is not set".to_string(),
-    };
-    if boot.signed {
-        let why = if conf.enabled == prepare_root::Enabled::Signed { why } else { "the kernel argument ostree.prepare-root.composefs=signed".to_string() };
-        bail!(
-            "{why}: the initramfs then mounts only a composefs image whose digest is signed with the private key matching its public key, and kiln cannot sign images. \
-             To bake it anyway, pass --karg ostree.prepare-root.composefs=1 (composefs with fs-verity, no signature check) or --karg ostree.prepare-root.composefs=0 (no composefs)"
-        );
-    }
-    Ok((boot, why))
 }
 
 /// The origin the installed system updates from and the ref's image reference:

@@ -94,12 +94,28 @@ pub fn read(files: &BTreeMap<String, Vec<u8>>) -> Result<PrepareRoot> {
 
 /// What composefs does at boot: the configuration with the `ostree.prepare-root.composefs=`
 /// kernel argument applied (the last one wins), as `otcore_load_rootfs_config` applies it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boot {
     /// No, maybe or yes.
     pub composefs: Enabled,
     pub require_verity: bool,
     pub signed: bool,
+    /// Where the mode comes from, for messages ("the image's /usr/lib/…:2 sets …").
+    pub why: String,
+}
+
+/// How the image's initramfs will mount the deployment, from the image's files (see [`read`])
+/// and the kernel arguments; refused where kiln cannot make a disk that boots that way.
+pub fn at_boot(files: &BTreeMap<String, Vec<u8>>, kargs: &[String]) -> Result<Boot> {
+    let boot = read(files)?.at_boot(kargs)?;
+    if boot.signed {
+        bail!(
+            "{}: the initramfs then mounts only a composefs image whose digest is signed with the private key matching its public key, and kiln cannot sign images. \
+             To bake it anyway, pass --karg ostree.prepare-root.composefs=1 (composefs with fs-verity, no signature check) or --karg ostree.prepare-root.composefs=0 (no composefs)",
+            boot.why
+        );
+    }
+    Ok(boot)
 }
 
 impl Boot {
@@ -117,14 +133,21 @@ impl PrepareRoot {
             e => (e, false, false),
         };
         let mut require_verity = require_verity;
+        let mut why = match &self.origin {
+            Some(o) => format!("the image's {o} sets [composefs] enabled = {}", self.enabled.as_str()),
+            None => "[composefs] enabled is not set".to_string(),
+        };
         if let Some(v) = kargs.iter().rev().find_map(|k| k.strip_prefix(KARG)) {
             match Enabled::parse(v) {
-                Some(Enabled::Signed) => (composefs, require_verity, signed) = (Enabled::Yes, true, true),
+                Some(Enabled::Signed) => {
+                    (composefs, require_verity, signed) = (Enabled::Yes, true, true);
+                    why = format!("the kernel argument {KARG}{v}");
+                }
                 Some(e @ (Enabled::Yes | Enabled::No | Enabled::Maybe)) => (composefs, signed) = (e, false),
                 _ => bail!("the kernel argument {KARG}{v} is not one of yes, true, 1, no, false, 0, maybe, signed; ostree-prepare-root would fail to boot"),
             }
         }
-        Ok(Boot { composefs, require_verity, signed })
+        Ok(Boot { composefs, require_verity, signed, why })
     }
 }
 
@@ -262,5 +285,18 @@ mod tests {
         assert!(b.signed);
         assert!(!cfg(Enabled::Yes).at_boot(&[]).unwrap().needs_verity());
         assert!(cfg(Enabled::Yes).at_boot(&k("ostree.prepare-root.composefs=verity")).is_err());
+    }
+
+    #[test]
+    fn signed_is_refused_unless_a_kernel_argument_lifts_it() {
+        let f = files(&[(USR_LIB, "[composefs]\nenabled = signed\n")]);
+        let e = at_boot(&f, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("the image's /usr/lib/ostree/prepare-root.conf:2 sets [composefs] enabled = signed:") && e.contains("cannot sign"), "{e}");
+        let b = at_boot(&f, &["ostree.prepare-root.composefs=1".to_string()]).unwrap();
+        assert!(b.needs_verity() && !b.signed);
+        assert!(!at_boot(&f, &["ostree.prepare-root.composefs=0".to_string()]).unwrap().needs_verity());
+        let f = files(&[(USR_LIB, "[composefs]\nenabled = yes\n")]);
+        let e = at_boot(&f, &["ostree.prepare-root.composefs=signed".to_string()]).unwrap_err().to_string();
+        assert!(e.starts_with("the kernel argument ostree.prepare-root.composefs=signed:"), "{e}");
     }
 }
