@@ -16,7 +16,7 @@ use crate::cli::BakeArgs;
 use crate::disk::{self, esp::Esp, layout::parse_size, table, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
-use crate::ostree::{self, kargs, object::Kind, Repo};
+use crate::ostree::{self, kargs, object::Kind, prepare_root, Repo};
 use crate::platform::Platform;
 use crate::output::{self, Format, RawDisk};
 use crate::progress::Progress;
@@ -151,7 +151,7 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     table::create_image(raw, &plan)?;
     let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
     std::fs::create_dir_all(workdir.path())?;
-    let sysroot = if ids.is_seeded() {
+    let mut sysroot = if ids.is_seeded() {
         Sysroot::create_staged(raw, &plan, workdir.path())?
     } else {
         Sysroot::create(raw, &plan, workdir.path())?
@@ -159,7 +159,7 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     stage.finish();
     interrupt::check()?;
 
-    let (deployment, policy) = write_deployment(args, &image, &platform, &plan, &sysroot.root, progress).map_err(explain_enospc)?;
+    let Deployed { deployment, policy, verity } = write_deployment(args, &image, &platform, &plan, &sysroot, progress).map_err(explain_enospc)?;
 
     let stage = progress.stage("bootloader", None);
     let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
@@ -188,6 +188,13 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
         stage.finish();
     }
 
+    if verity {
+        // Last: on ext4 the objects' fs-verity metadata sits past their data until the
+        // filesystem is closed, so nothing may read them after this.
+        let stage = progress.stage("verity", None);
+        sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
+        stage.finish();
+    }
     let stage = progress.stage("finish", None);
     sysroot.close()?;
     std::fs::File::open(raw)
@@ -250,15 +257,24 @@ fn image_policy(repo: &Repo, root: &Dir, disabled: bool) -> Result<Option<selinu
 }
 
 /// Applies the image into an ostree repository on the sysroot, commits and deploys it.
-/// Returns the deployment and the image's SELinux policy, if it was applied.
+/// What writing the deployment leaves for the stages after it.
+struct Deployed {
+    deployment: ostree::Deployment,
+    /// The image's SELinux policy, when its labels were applied.
+    policy: Option<selinux::Policy>,
+    /// The boot needs fs-verity on every object.
+    verity: bool,
+}
+
 fn write_deployment(
     args: &BakeArgs,
     image: &Image,
     platform: &Platform,
     plan: &disk::Plan,
-    sysroot: &Path,
+    target: &Sysroot,
     progress: &Progress,
-) -> Result<(ostree::Deployment, Option<selinux::Policy>)> {
+) -> Result<Deployed> {
+    let sysroot = target.root.as_path();
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
     // Files are labelled as they stream in, when the image has a policy and labels are wanted.
     let (merged, written) = if args.disable_selinux {
@@ -293,7 +309,7 @@ fn write_deployment(
     stage.finish();
 
     let stage = progress.stage("deploy", None);
-    let config = read_files(&repo, &root, &kargs::wanted)?;
+    let config = read_files(&repo, &root, &|p| kargs::wanted(p) || prepare_root::wanted(p))?;
     let install = kargs::install_config(&config, &platform.arch.kernel)?;
     let mut all_kargs = disk::kargs(plan);
     all_kargs.extend(install.kargs);
@@ -303,6 +319,16 @@ fn write_deployment(
         all_kargs.push("selinux=0".to_string());
     }
     all_kargs.extend(args.kargs.iter().cloned());
+    // How the initramfs will mount the deployment; fs-verity on every object where required.
+    let composefs = prepare_root::at_boot(&config, &all_kargs)?;
+    let object_verity = composefs
+        .needs_verity()
+        .then(|| -> Result<_> {
+            target.check_verity().with_context(|| format!("{}, which needs fs-verity on every object", composefs.why))?;
+            repo.mark_fsverity()?;
+            ostree::composefs::object_digests(&repo, &root)
+        })
+        .transpose()?;
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
         sysroot,
@@ -321,11 +347,12 @@ fn write_deployment(
                 (None, true) => "force-target-disabled",
                 (None, false) => "disabled",
             },
+            object_verity: object_verity.as_ref(),
         },
     )?;
     disk::write_mounts(plan, &dep.dir)?;
     stage.finish();
-    Ok((dep, policy))
+    Ok(Deployed { deployment: dep, policy, verity: object_verity.is_some() })
 }
 
 /// The origin the installed system updates from and the ref's image reference:

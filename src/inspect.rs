@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::image::{Image, OpenOptions};
+use crate::ostree::prepare_root;
 use crate::progress::Progress;
 use crate::selinux::Policy;
 use crate::tree::{self, unpack};
@@ -14,12 +15,16 @@ use crate::tree::{self, unpack};
 pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Result<serde_json::Value> {
     let image = Image::open(reference, opts)?;
     image.fetch_layers(progress)?;
-    let merged = tree::scan::scan(&image, &crate::selinux::wanted, progress)?;
+    let merged = tree::scan::scan(&image, &|p| crate::selinux::wanted(p) || prepare_root::wanted(p), progress)?;
     let kernels = tree::kernels(&merged.root);
-    // A policy kiln cannot load is reported, not fatal: inspect is where people look first.
+    // What kiln cannot read is reported, not fatal: inspect is where people look first.
     let selinux = match Policy::from_files(&merged.files) {
         Ok(Some(p)) => json!({"policy": p.name(), "mode": p.mode(), "specs": p.labeler().spec_count(), "dir": p.dir()}),
         Ok(None) => serde_json::Value::Null,
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
+    let composefs = match prepare_root::read(&merged.files) {
+        Ok(c) => json!({"enabled": c.enabled.as_str(), "from": c.origin}),
         Err(e) => json!({"error": format!("{e:#}")}),
     };
     let label = image.bootable_label();
@@ -40,6 +45,7 @@ pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Resu
         "bootable": label.is_some() && !kernels.is_empty(),
         "bootableBecause": label.map(|l| format!("label {l}")),
         "selinux": selinux,
+        "composefs": composefs,
     }))
 }
 
@@ -67,6 +73,13 @@ pub fn print_inspect(v: &serde_json::Value) {
         _ => "none (no SELinux config, or SELinux disabled: files are not labelled)".to_string(),
     };
     println!("SELinux:      {selinux}");
+    let composefs = &v["composefs"];
+    match (composefs["enabled"].as_str(), composefs["from"].as_str(), composefs["error"].as_str()) {
+        (Some(mode), Some(from), _) => println!("Composefs:    {mode} ({from})"),
+        (Some(mode), None, _) => println!("Composefs:    {mode} (no [composefs] enabled in ostree/prepare-root.conf)"),
+        (_, _, Some(e)) => println!("Composefs:    unreadable: {e}"),
+        _ => {}
+    }
     println!("Labels:");
     if let Some(labels) = v["labels"].as_object() {
         for (k, val) in labels {

@@ -5,9 +5,11 @@
 
 pub mod bake;
 pub mod bootloader;
+pub mod composefs;
 pub mod cli;
 pub mod disk;
 pub mod fsmeta;
+pub mod fsverity;
 pub mod interrupt;
 pub mod image;
 pub mod inspect;

@@ -108,6 +108,7 @@ fn test_image_commit_and_deployment_satisfy_ostree() {
             image: "quay.io/kiln/test:latest",
             labels: None,
             selinux_state: "disabled",
+            object_verity: None,
         },
     )
     .unwrap();
@@ -171,7 +172,7 @@ fn a_sysroot_with_a_deployment_is_refused() {
     let (root, _) = ostree::convert(tree::from_dir::from_dir(&input, &repo).unwrap()).unwrap();
     let (tree, meta) = ostree::commit::write_tree(&repo, &root, "", &mut HashSet::new()).unwrap();
     let commit = repo.write_metadata(object::Kind::Commit, &object::commit(ostree::gvariant::dict_sv(vec![]), 0, &tree, &meta)).unwrap();
-    let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &[], version: None, image: "x/y:z", labels: None, selinux_state: "disabled" };
+    let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &[], version: None, image: "x/y:z", labels: None, selinux_state: "disabled", object_verity: None };
     ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap();
     let err = ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap_err().to_string();
     assert!(err.contains("already holds a deployment") && err.contains("--stateroot"), "{err}");

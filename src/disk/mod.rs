@@ -9,6 +9,7 @@ pub mod loopdev;
 pub mod mkfs;
 pub mod sysroot;
 pub mod table;
+pub mod verity;
 
 pub use ids::Ids;
 pub use layout::{plan, Layout, Partition, Plan, Role, MIB};

@@ -13,6 +13,7 @@ use sys_mount::{Mount, UnmountFlags};
 use super::layout::{Partition, Plan, Role};
 use super::loopdev::LoopDevice;
 use super::mkfs;
+use super::verity::{self, Ext4Fixup};
 
 pub struct Sysroot {
     /// Where the root filesystem is mounted (or staged).
@@ -26,6 +27,10 @@ pub struct Sysroot {
     covered: Vec<(PathBuf, std::fs::File)>,
     /// Set when the filesystems are staged in directories and made at the end.
     staged: Option<Staged>,
+    /// The root filesystem's type.
+    root_fs: String,
+    /// fs-verity still to be finished on the root filesystem once unmounted (ext4).
+    verity: Vec<Ext4Fixup>,
 }
 
 /// The reproducible way (`--seed`): the sysroot is written to plain directories, and the
@@ -42,7 +47,8 @@ impl Sysroot {
     /// Makes the root and /boot filesystems of `plan` inside `image` and mounts them under
     /// `workdir` (which must exist and be empty).
     pub fn create(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
-        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None };
+        let root_fs = plan.root().filesystem.clone().unwrap_or_default();
+        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None, root_fs, verity: Vec::new() };
         s.attach_format_mount(image, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
@@ -71,6 +77,8 @@ impl Sysroot {
             loops: Vec::new(),
             covered: Vec::new(),
             staged: Some(Staged { image: image.to_path_buf(), plan: plan.clone(), workdir: workdir.to_path_buf() }),
+            root_fs: "ext4".to_string(),
+            verity: Vec::new(),
         })
     }
 
@@ -98,12 +106,26 @@ impl Sysroot {
         self.covered.iter().map(|(p, f)| (p.as_path(), f))
     }
 
+    /// Fails early, with the remedy, when fs-verity cannot be written on the root filesystem.
+    pub fn check_verity(&self) -> Result<()> {
+        verity::check_supported(&self.root_fs, &self.root, self.staged.is_some())
+    }
+
+    /// Makes `files` (under [`Sysroot::root`]) verity files. Their content must not be read
+    /// through the filesystem afterwards: on ext4 the metadata sits past their data until the
+    /// sysroot is closed.
+    pub fn enable_verity(&mut self, files: &[PathBuf]) -> Result<()> {
+        let fixups = verity::enable(&self.root_fs, &self.root, files, self.staged.is_some())?;
+        self.verity.extend(fixups);
+        Ok(())
+    }
+
     /// Unmounts everything (flushing the filesystems) and detaches the loop devices,
     /// reporting a failure to unmount.
     pub fn close(mut self) -> Result<()> {
         match self.staged.take() {
             Some(st) => {
-                let result = st.make_filesystems(&self.root);
+                let result = st.make_filesystems(&self.root, &self.verity);
                 st.remove();
                 result
             }
@@ -132,6 +154,14 @@ impl Sysroot {
             }
         }
         if !lazy {
+            // The root's loop device is the first: finish its fs-verity now it is unmounted.
+            if first_err.is_none() {
+                if let Some(root) = self.loops.first() {
+                    if let Err(e) = verity::finish_ext4(&root.path, &std::mem::take(&mut self.verity)) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
             for l in &self.loops {
                 if let Err(e) = l.flush() {
                     first_err.get_or_insert(e);
@@ -193,7 +223,7 @@ fn settle_mtimes(dir: &Path) -> Result<()> {
 }
 
 impl Staged {
-    fn make_filesystems(&self, root: &Path) -> Result<()> {
+    fn make_filesystems(&self, root: &Path, verity: &[Ext4Fixup]) -> Result<()> {
         // Deployment roots are immutable (as ostree leaves them): cleared for the copy, set
         // again in the new filesystem.
         let mut immutable = Vec::new();
@@ -221,6 +251,9 @@ impl Staged {
             mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir))
                 .with_context(|| format!("making the filesystem of partition {}", part.name))?;
             mkfs::settle_ext4(&dev.path, &immutable)?;
+            if part.role == Role::Root {
+                verity::finish_ext4(&dev.path, verity)?;
+            }
             dev.flush()?;
         }
         Ok(())

@@ -45,6 +45,8 @@ pub struct DeployOptions<'a> {
     /// What `/.bootc-aleph.json` says of SELinux, in bootc's words (`enabled`, `disabled`,
     /// `force-target-disabled`).
     pub selinux_state: &'a str,
+    /// The objects' fs-verity digests, carried in `.ostree.cfs` (when they have fs-verity).
+    pub object_verity: Option<&'a super::composefs::ObjectVerity>,
 }
 
 /// A written deployment.
@@ -185,6 +187,13 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
         "selinux": opts.selinux_state,
     });
     write_file(&sysroot.join(".bootc-aleph.json"), serde_json::to_string(&aleph)?.as_bytes())?;
+    // What ostree ≥ 2025.1 writes into every deployment, and prepare-root mounts as / when
+    // the initramfs enables composefs.
+    super::composefs::write_image(&dir, root, opts.object_verity)?;
+    if let Some(v) = opts.labels.and_then(|l| l.value(b"/usr", S_IFREG | 0o644)) {
+        // As bootc labels it: like /usr.
+        super::selabel::set(&dir.join(super::composefs::IMAGE_NAME), &v)?;
+    }
     // ostree makes a deployment's root immutable, so that nothing but ostree adds or removes
     // entries at the top of the booted system.
     set_immutable(&dir, true)?;

@@ -104,6 +104,14 @@ impl Repo {
         Ok(c)
     }
 
+    /// Marks the repository as bootc marks one whose objects have fs-verity
+    /// (`[ex-integrity] fsverity=true`): ostree then gives new objects fs-verity too.
+    pub fn mark_fsverity(&self) -> Result<()> {
+        let p = self.path.join("config");
+        let mut f = fs::OpenOptions::new().append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+        f.write_all(b"\n[ex-integrity]\nfsverity=true\n").with_context(|| format!("cannot write {}", p.display()))
+    }
+
     /// Points `refs/heads/<name>` at `commit`.
     pub fn set_ref(&self, name: &str, commit: &Checksum) -> Result<()> {
         let p = self.path.join("refs/heads").join(name);

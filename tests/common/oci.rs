@@ -105,3 +105,47 @@ pub fn layer_blobs(dir: &Path) -> Vec<std::path::PathBuf> {
         serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
     m["layers"].as_array().unwrap().iter().map(|l| blob(l["digest"].as_str().unwrap())).collect()
 }
+
+/// Writes at `dst` an OCI layout holding the image tagged `latest` in `src` with one more
+/// (gzip) layer on top; returns its `oci:` reference. Blobs are hardlinked, not copied.
+pub fn add_layer(src: &Path, dst: &Path, tar: &[u8]) -> String {
+    let blob = |dir: &Path, d: &str| dir.join("blobs/sha256").join(&d[7..]);
+    let read_json = |p: std::path::PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let index = read_json(src.join("index.json"));
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest")
+        .expect("a manifest tagged latest")
+        .clone();
+    let mut manifest = read_json(blob(src, entry["digest"].as_str().unwrap()));
+    let mut config = read_json(blob(src, manifest["config"]["digest"].as_str().unwrap()));
+    std::fs::create_dir_all(dst.join("blobs/sha256")).unwrap();
+    for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join("blobs/sha256").join(e.file_name());
+        if std::fs::hard_link(e.path(), &to).is_err() {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+    let put = |data: &[u8]| -> (String, usize) {
+        let d = sha256(data);
+        std::fs::write(blob(dst, &d), data).unwrap();
+        (d, data.len())
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(tar).unwrap();
+    let (ld, ls) = put(&gz.finish().unwrap());
+    manifest["layers"].as_array_mut().unwrap().push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls}));
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(sha256(tar)));
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = json!(cd);
+    manifest["config"]["size"] = json!(cs);
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dst.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dst.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    format!("oci:{}:latest", dst.display())
+}
