@@ -15,7 +15,7 @@ PKGS=(
   grub-efi-amd64-bin grub-pc-bin grub-common
   # local registry tests
   docker-registry apache2-utils
-  python3 ca-certificates curl time
+  python3 python3-venv ca-certificates openssl curl time
   # building kiln: TLS for registry pulls links the system OpenSSL
   libssl-dev pkg-config
 )
@@ -40,4 +40,17 @@ todo=($(missing))
 [ ${#todo[@]} -eq 0 ] || { echo "setup: could not install ${todo[*]}" >&2; exit 1; }
 # docker-registry's package starts a system service on :5000; tests start their own.
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl stop docker-registry || true; fi
+# moto, the AWS emulator the cloud tests start on 127.0.0.1, in its own venv with every
+# dependency pinned (moto >= 5.2.2: older ones answer CompleteMultipartUpload wrongly).
+MOTO_VENV=${KILN_MOTO_VENV:-/opt/kiln-moto}
+MOTO_REQS=$(dirname "$(realpath "$0")")/moto-requirements.txt
+stamp=$(sha256sum "$MOTO_REQS" | cut -c1-16)
+if [ "$(cat "$MOTO_VENV/.kiln-stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: installing moto into $MOTO_VENV"
+  rm -rf "$MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check -r "$MOTO_REQS"
+  "$MOTO_VENV/bin/python" -c "import moto.server, boto3"
+  echo "$stamp" > "$MOTO_VENV/.kiln-stamp"
+fi
 echo "setup: all packages present"

@@ -13,7 +13,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::bootloader::{self, BiosBootPartition, BiosTarget, BootFilesystem, BootTarget, EspWriter};
 use crate::cli::BakeArgs;
-use crate::disk::{self, esp::Esp, layout::parse_size, table, Ids, Layout, Role, Sysroot};
+use crate::cloud::{self, aws};
+use crate::config::{self, BuildConfig};
+use crate::customize::{self, root::SystemRoot};
+use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
 use crate::ostree::{self, kargs, object::Kind, prepare_root, Repo};
@@ -23,9 +26,47 @@ use crate::progress::Progress;
 use crate::selinux;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
 
+/// What the user gives besides the image, read (and checked) before anything is written.
+struct Inputs {
+    config: Option<BuildConfig>,
+    root_ssh_keys: Option<String>,
+}
+
+impl Inputs {
+    fn read(args: &BakeArgs) -> Result<Inputs> {
+        let config = args.config.as_deref().map(config::load).transpose()?;
+        let root_ssh_keys = args
+            .root_ssh_authorized_keys
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("--root-ssh-authorized-keys: cannot read {}", p.display())))
+            .transpose()?;
+        Ok(Inputs { config, root_ssh_keys })
+    }
+}
+
+/// The image turned out, once its files were in the repository, to describe its own disk
+/// (disk.yaml, or bib's embedded config): the disk is laid out again with these files.
+#[derive(Debug)]
+struct ImageDiskFound(BTreeMap<String, Vec<u8>>);
+
+impl std::fmt::Display for ImageDiskFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "the image describes its own disk")
+    }
+}
+
+impl std::error::Error for ImageDiskFound {}
+
 pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     interrupt::install();
-    let formats = Format::parse_list(&args.types)?;
+    let inputs = Inputs::read(args)?;
+    let (files, uploads) = cloud::split_types(&args.types);
+    let formats = if files.is_empty() && !uploads.is_empty() { Vec::new() } else { Format::parse_list(&files)? };
+    // Credentials and regions are checked before the long work.
+    let aws = match uploads.iter().any(|u| u == "ami") {
+        true => Some(aws::Session::connect(args.aws.config()?, progress)?),
+        false => None,
+    };
     let outputs: Vec<(Format, PathBuf)> = formats.iter().map(|f| (*f, f.path_in(&args.output))).collect();
     for (_, path) in &outputs {
         prepare_output(path, args.force)?;
@@ -33,8 +74,21 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     let raw = Format::Raw.path_in(&args.output);
     std::fs::create_dir_all(raw.parent().unwrap()).with_context(|| format!("cannot create {}", raw.parent().unwrap().display()))?;
     let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
-    let result = bake_raw(args, partial.path(), progress);
-    interrupt::check().and(result)?;
+    let mut image_files = None;
+    let result = loop {
+        match bake_raw(args, &inputs, partial.path(), progress, image_files.take()) {
+            Err(e) => match e.downcast::<ImageDiskFound>() {
+                Ok(found) => {
+                    progress.info("the image describes its own disk (disk.yaml or an embedded build config): laying the disk out again with it");
+                    std::fs::remove_file(partial.path()).with_context(|| format!("cannot remove {}", partial.path().display()))?;
+                    image_files = Some(found.0);
+                }
+                Err(e) => break Err(e),
+            },
+            Ok(baked) => break Ok(baked),
+        }
+    };
+    let baked = interrupt::check().and(result)?;
     // One raw build feeds every format.
     let disk = RawDisk::open(partial.path())?;
     let mut written: Vec<Partial> = Vec::new();
@@ -44,6 +98,12 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
         // Kept only if the whole bake succeeds.
         written.push(Partial::new_existing(path.clone()));
         progress.info(&format!("wrote {}", path.display()));
+    }
+    if let Some(session) = &aws {
+        interrupt::check()?;
+        let facts = aws::DiskFacts::read(partial.path())?;
+        let uploaded = session.upload(&disk, &aws::aws_arch(&baked.arch)?, &facts, &baked.ami_name, progress)?;
+        cloud::report(&uploaded, progress);
     }
     if formats.contains(&Format::Raw) {
         std::fs::rename(partial.path(), &raw).with_context(|| format!("cannot move the finished disk to {}", raw.display()))?;
@@ -98,7 +158,24 @@ impl Drop for Partial {
     }
 }
 
-fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
+/// What the bake learnt that later stages need.
+struct Baked {
+    /// The image's architecture (OCI naming).
+    arch: String,
+    /// The default AMI name: the image's name and version.
+    ami_name: String,
+}
+
+/// The files of the image the disk's layout depends on: the bootc install configuration and
+/// the image's own disk description.
+fn layout_files(path: &str) -> bool {
+    kargs::wanted(path) || disk::image::wanted(path)
+}
+
+/// `image_files`: the image's files that decide the layout, when a previous attempt found
+/// them; otherwise they come from a scan (without `--rootfs`) or are looked at after the
+/// commit.
+fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, progress: &Progress, image_files: Option<BTreeMap<String, Vec<u8>>>) -> Result<Baked> {
     let opts = args.source.open_options();
     let image = Image::open(&args.image, &opts)?;
     image.require_bootable_label()?;
@@ -114,8 +191,8 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     let disk_size = args.size.as_deref().map(parse_size).transpose()?;
     // The root filesystem type comes from the image's install configuration unless given;
     // reading it takes a pass over the layers.
-    let scan = if args.rootfs.is_none() {
-        let s = tree::scan::scan(&image, &kargs::wanted, progress)?;
+    let scan = if args.rootfs.is_none() && image_files.is_none() {
+        let s = tree::scan::scan(&image, &layout_files, progress)?;
         if tree::kernels(&s.root).is_empty() {
             bail!("{} has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is it a bootc image?)", image.describe());
         }
@@ -123,18 +200,26 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     } else {
         None
     };
-    let rootfs = match (&args.rootfs, &scan) {
+    let files = image_files.as_ref().or(scan.as_ref().map(|s| &s.files));
+    let image_disk = files.map(ImageDisk::from_files).transpose()?.unwrap_or_default();
+    let image_disk_known = files.is_some();
+    let disk_yaml_fs = image_disk.layout.as_ref().and_then(|(_, fs)| fs.clone());
+    let rootfs = match (&args.rootfs, files) {
         (Some(fs), _) => fs.clone(),
-        (None, Some(s)) => kargs::install_config(&s.files, &platform.arch.kernel)?.root_fs_type.with_context(|| {
-            format!(
-                "no root filesystem type: the image has no [install.filesystem.root] type in /usr/lib/bootc/install/; pass --rootfs {}",
-                disk::mkfs::supported().join("|")
-            )
-        })?,
+        (None, Some(files)) => match disk_yaml_fs.clone() {
+            // image-builder takes the root's type from disk.yaml before the install config.
+            Some(fs) => fs,
+            None => kargs::install_config(files, &platform.arch.kernel)?.root_fs_type.with_context(|| {
+                format!(
+                    "no root filesystem type: the image has no [install.filesystem.root] type in /usr/lib/bootc/install/; pass --rootfs {}",
+                    disk::mkfs::supported().join("|")
+                )
+            })?,
+        },
         (None, None) => unreachable!("scanned when --rootfs is missing"),
     };
     disk::mkfs::check_supported(&rootfs)?;
-    let layout = Layout::load(args.layout.as_deref().unwrap_or(&platform.arch.default_layout))?;
+    let layout = choose_layout(args, inputs, &image_disk, &platform, &rootfs, progress)?;
     let content = match (&scan, disk_size) {
         (Some(s), _) => s.content_bytes,
         // With --size only a lower bound is needed to refuse a disk too small.
@@ -159,7 +244,8 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
     stage.finish();
     interrupt::check()?;
 
-    let Deployed { deployment, policy, verity } = write_deployment(args, &image, &platform, &plan, &sysroot, progress).map_err(explain_enospc)?;
+    let Deployed { deployment, policy, verity } =
+        write_deployment(args, inputs, &image, &platform, &plan, &sysroot, &ids, image_disk_known, progress).map_err(explain_enospc)?;
 
     let stage = progress.stage("bootloader", None);
     let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
@@ -201,7 +287,69 @@ fn bake_raw(args: &BakeArgs, raw: &Path, progress: &Progress) -> Result<()> {
         .and_then(|f| f.sync_all())
         .with_context(|| format!("writing {} failed (is its disk full?)", raw.display()))?;
     stage.finish();
-    Ok(())
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image) })
+}
+
+/// The image's title and version labels, else its repository's name and manifest digest.
+fn default_ami_name(image: &Image) -> String {
+    let labels = image.labels();
+    let name = labels.get("org.opencontainers.image.title").cloned().unwrap_or_else(|| {
+        let reference = image.source.registry_form().unwrap_or_else(|| image.source.to_string());
+        let repo = reference.rsplit('/').next().unwrap_or("image");
+        repo.split([':', '@']).next().unwrap_or(repo).to_string()
+    });
+    let version = labels.get("org.opencontainers.image.version").cloned().unwrap_or_else(|| {
+        image.manifest_digest.trim_start_matches("sha256:").chars().take(12).collect()
+    });
+    aws::default_ami_name(&name, &version)
+}
+
+/// The partition layout: `--layout`, else the image's disk.yaml, else the platform's; changed
+/// by the build config's filesystem or disk customizations, else by those of the config the
+/// image embeds.
+fn choose_layout(args: &BakeArgs, inputs: &Inputs, image_disk: &ImageDisk, platform: &Platform, rootfs: &str, progress: &Progress) -> Result<Layout> {
+    let base = match (&args.layout, &image_disk.layout) {
+        (Some(l), _) => Layout::load(l)?,
+        (None, Some((l, _))) => l.clone(),
+        (None, None) => Layout::load(&platform.arch.default_layout)?,
+    };
+    let custom = match inputs.config.as_ref().and_then(|c| c.disk.as_ref()) {
+        Some(d) => Some(d),
+        None => {
+            if image_disk.config.is_some() {
+                progress.info("using the partitions of the image's embedded build config (/usr/lib/bootc-image-builder/config)");
+            }
+            image_disk.config.as_ref()
+        }
+    };
+    match custom {
+        Some(d) => disk::custom::apply(&base, d, rootfs),
+        None => Ok(base),
+    }
+}
+
+/// The day passwords are set (shadow's lastchg, days since 1970-01-01): today, or for a seeded
+/// (reproducible) bake the image's creation date.
+fn password_day(image: &Image, seeded: bool) -> Option<i64> {
+    let secs = if seeded {
+        let created = serde_json::from_slice::<serde_json::Value>(&image.config_bytes).ok()?.get("created")?.as_str()?.to_string();
+        days_from_date(&created)? * 86400
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64
+    };
+    Some(secs / 86400)
+}
+
+/// Days since 1970-01-01 of an RFC 3339 date (`2025-05-20T…`).
+fn days_from_date(s: &str) -> Option<i64> {
+    let (y, m, d): (i64, i64, i64) = (s.get(0..4)?.parse().ok()?, s.get(5..7)?.parse().ok()?, s.get(8..10)?.parse().ok()?);
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146097 + doe - 719468)
 }
 
 /// Fails early when the output's filesystem cannot hold the disk's data (the raw file is
@@ -266,12 +414,16 @@ struct Deployed {
     verity: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_deployment(
     args: &BakeArgs,
+    inputs: &Inputs,
     image: &Image,
     platform: &Platform,
     plan: &disk::Plan,
     target: &Sysroot,
+    ids: &Ids,
+    image_disk_known: bool,
     progress: &Progress,
 ) -> Result<Deployed> {
     let sysroot = target.root.as_path();
@@ -309,18 +461,28 @@ fn write_deployment(
     stage.finish();
 
     let stage = progress.stage("deploy", None);
-    let config = read_files(&repo, &root, &|p| kargs::wanted(p) || prepare_root::wanted(p))?;
-    let install = kargs::install_config(&config, &platform.arch.kernel)?;
+    let files = read_files(&repo, &root, &|p| layout_files(p) || prepare_root::wanted(p))?;
+    if !image_disk_known {
+        let found = ImageDisk::from_files(&files)?;
+        let user_disk = inputs.config.as_ref().is_some_and(|c| c.disk.is_some());
+        if (found.layout.is_some() && args.layout.is_none()) || (found.config.is_some() && !user_disk) {
+            return Err(ImageDiskFound(files).into());
+        }
+    }
+    let install = kargs::install_config(&files, &platform.arch.kernel)?;
+    // bootc's order: the root's, the install configuration's, kargs.d's, then the command
+    // line's (here the build config's, then --karg).
     let mut all_kargs = disk::kargs(plan);
     all_kargs.extend(install.kargs);
-    all_kargs.extend(kargs::kargs_d(&config, &platform.arch.kernel)?);
+    all_kargs.extend(kargs::kargs_d(&files, &platform.arch.kernel)?);
     if args.disable_selinux {
         // As bootc's --disable-selinux: the installed system is told too.
         all_kargs.push("selinux=0".to_string());
     }
+    all_kargs.extend(inputs.config.iter().flat_map(|c| c.kernel_append.iter().cloned()));
     all_kargs.extend(args.kargs.iter().cloned());
     // How the initramfs will mount the deployment; fs-verity on every object where required.
-    let composefs = prepare_root::at_boot(&config, &all_kargs)?;
+    let composefs = prepare_root::at_boot(&files, &all_kargs)?;
     let object_verity = composefs
         .needs_verity()
         .then(|| -> Result<_> {
@@ -350,7 +512,14 @@ fn write_deployment(
             object_verity: object_verity.as_ref(),
         },
     )?;
-    disk::write_mounts(plan, &dep.dir)?;
+    let system = SystemRoot { deployment: dep.dir.clone(), var: sysroot.join("ostree/deploy").join(&args.stateroot).join("var") };
+    disk::write_mounts(plan, &system)?;
+    if inputs.config.is_some() || inputs.root_ssh_keys.is_some() {
+        let salt = |purpose: &str| ids.bytes(&format!("salt: {purpose}")).to_vec();
+        let opts = customize::Options { salt: &salt, days: password_day(image, ids.is_seeded()), root_ssh_keys: inputs.root_ssh_keys.as_deref() };
+        customize::apply(inputs.config.as_ref().unwrap_or(&BuildConfig::default()), &system, &opts)
+            .with_context(|| format!("applying the build config {}", inputs.config.as_ref().map_or("", |c| c.source.as_str())))?;
+    }
     stage.finish();
     Ok(Deployed { deployment: dep, policy, verity: object_verity.is_some() })
 }

@@ -32,6 +32,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Convert an existing raw disk image into other formats.
     Convert(ConvertArgs),
+    /// Upload an existing raw disk image to a cloud and register it there.
+    #[command(subcommand)]
+    Upload(UploadCommand),
 }
 
 /// Options every command that reads an image shares.
@@ -50,7 +53,8 @@ pub struct BakeArgs {
     /// The image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REF,
     /// containers-storage:REF, or a bare registry reference.
     pub image: String,
-    /// Output types, repeatable or comma-separated: raw, qcow2, vmdk, vhd, gce, ova.
+    /// Output types, repeatable or comma-separated: raw, qcow2, vmdk, vhd, gce, ova, ami (an
+    /// AMI registered in AWS; see the --aws-… options).
     #[arg(long = "type", value_delimiter = ',', default_value = "qcow2")]
     pub types: Vec<String>,
     /// Directory the outputs are written under.
@@ -68,6 +72,13 @@ pub struct BakeArgs {
     /// Extra kernel argument, repeatable.
     #[arg(long = "karg")]
     pub kargs: Vec<String>,
+    /// Build config (bootc-image-builder's config.toml or config.json; - reads JSON from
+    /// stdin): users, groups, kernel arguments, partitions, files.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// An authorized_keys file for root, installed as bootc does (a tmpfiles.d drop-in).
+    #[arg(long)]
+    pub root_ssh_authorized_keys: Option<PathBuf>,
     /// The image reference the installed system updates from.
     #[arg(long)]
     pub target_imgref: Option<String>,
@@ -88,6 +99,8 @@ pub struct BakeArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub ova: OvaArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// What an OVA's descriptor says about the virtual machine.
@@ -123,6 +136,127 @@ impl OvaArgs {
             secure_boot: self.ova_secure_boot,
         }
     }
+}
+
+/// Where and how an AMI is made (`--type ami`, `kiln upload aws`).
+#[derive(Args, Debug, Clone)]
+pub struct AwsArgs {
+    /// Region to upload to; repeat for copies in more regions (default: AWS_REGION,
+    /// AWS_DEFAULT_REGION, or the profile's region).
+    #[arg(long = "aws-region")]
+    pub aws_regions: Vec<String>,
+    /// Profile in the shared AWS config and credentials files (default: AWS_PROFILE, then
+    /// the environment's keys, web identity, `default`, container, instance metadata).
+    #[arg(long)]
+    pub aws_profile: Option<String>,
+    /// One endpoint URL for every AWS service (tests, private endpoints); default:
+    /// AWS_ENDPOINT_URL, else AWS's regional endpoints.
+    #[arg(long)]
+    pub aws_endpoint: Option<String>,
+    /// How the snapshot is made: EBS direct APIs, or an S3 upload and ImportSnapshot.
+    #[arg(long, value_parser = ["ebs-direct", "import-snapshot"], default_value = "ebs-direct")]
+    pub aws_upload: String,
+    /// The S3 bucket for --aws-upload import-snapshot.
+    #[arg(long)]
+    pub aws_bucket: Option<String>,
+    /// The AMI's name (default: the image's name and version).
+    #[arg(long)]
+    pub aws_ami_name: Option<String>,
+    #[arg(long)]
+    pub aws_description: Option<String>,
+    /// Boot mode (default: uefi-preferred for x86_64 disks that boot both ways, uefi for arm64).
+    #[arg(long, value_parser = ["uefi", "legacy-bios", "uefi-preferred"])]
+    pub aws_boot_mode: Option<String>,
+    /// Instance metadata service versions the AMI allows (v2: IMDSv2 only).
+    #[arg(long, value_parser = ["v1", "v2"], default_value = "v2")]
+    pub aws_imds: String,
+    /// NitroTPM (TPM 2.0); UEFI only.
+    #[arg(long)]
+    pub aws_tpm: bool,
+    /// Root volume size in GiB (default: the disk's size, rounded up).
+    #[arg(long)]
+    pub aws_volume_size: Option<u64>,
+    /// A tag KEY=VALUE on the AMI and its snapshots, repeatable.
+    #[arg(long = "aws-tag", value_parser = parse_tag)]
+    pub aws_tags: Vec<(String, String)>,
+    /// An account id allowed to launch the AMI (and create volumes from its snapshot), repeatable.
+    #[arg(long = "aws-share-with")]
+    pub aws_share_with: Vec<String>,
+    /// Make the AMI and its snapshots public.
+    #[arg(long)]
+    pub aws_public: bool,
+    /// Replace an AMI of the same name (deregistered, its snapshots deleted).
+    #[arg(long)]
+    pub aws_replace: bool,
+    /// Keep what was created when something fails (default: delete it).
+    #[arg(long)]
+    pub aws_keep_on_error: bool,
+    /// Encrypt the snapshot with the account's default EBS key.
+    #[arg(long)]
+    pub aws_encrypted: bool,
+    /// Encrypt the snapshot with this KMS key (ARN); implies --aws-encrypted.
+    #[arg(long)]
+    pub aws_kms_key: Option<String>,
+    /// Blocks uploaded in parallel (memory: this × 512 KiB).
+    #[arg(long, default_value_t = 32)]
+    pub aws_upload_threads: usize,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+impl AwsArgs {
+    pub fn config(&self) -> anyhow::Result<crate::cloud::aws::Config> {
+        use crate::cloud::aws::{Config, Session, UploadMethod};
+        let regions = if self.aws_regions.is_empty() {
+            Session::default_region(self.aws_profile.as_deref()).into_iter().collect()
+        } else {
+            self.aws_regions.clone()
+        };
+        let method = match self.aws_upload.as_str() {
+            "import-snapshot" => UploadMethod::ImportSnapshot { bucket: self.aws_bucket.clone().unwrap_or_default() },
+            _ if self.aws_bucket.is_some() => anyhow::bail!("--aws-bucket is for --aws-upload import-snapshot (EBS direct uploads need no bucket)"),
+            _ => UploadMethod::Ebs,
+        };
+        Ok(Config {
+            regions,
+            profile: self.aws_profile.clone(),
+            endpoint: self.aws_endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok().filter(|u| !u.is_empty())),
+            method,
+            name: self.aws_ami_name.clone(),
+            description: self.aws_description.clone(),
+            boot_mode: self.aws_boot_mode.clone(),
+            imds_v1: self.aws_imds == "v1",
+            tpm: self.aws_tpm,
+            volume_size_gib: self.aws_volume_size,
+            tags: self.aws_tags.clone(),
+            share_with: self.aws_share_with.clone(),
+            public: self.aws_public,
+            replace: self.aws_replace,
+            keep_on_error: self.aws_keep_on_error,
+            encrypted: self.aws_encrypted || self.aws_kms_key.is_some(),
+            kms_key: self.aws_kms_key.clone(),
+            threads: self.aws_upload_threads.max(1),
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UploadCommand {
+    /// Upload a raw disk with the EBS direct APIs (or S3 + ImportSnapshot) and register an AMI.
+    Aws {
+        /// The raw disk image (a GPT disk, as `kiln bake --type raw` makes).
+        raw: PathBuf,
+        /// The disk's architecture (default: its GPT root partition's type).
+        #[arg(long)]
+        arch: Option<String>,
+        #[command(flatten)]
+        aws: AwsArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,6 +341,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(ImageCommand::Unpack { image, dir, source }) => {
             inspect::unpack(&image, &dir, &source.open_options(), &progress)
+        }
+        Command::Upload(UploadCommand::Aws { raw, arch, aws }) => {
+            crate::interrupt::install();
+            crate::cloud::upload_aws(&raw, arch.as_deref(), aws.config()?, &progress)
         }
         Command::Convert(args) => {
             crate::interrupt::install();

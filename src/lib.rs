@@ -1,12 +1,15 @@
 //! kiln: bakes bootable container images into disk images and installs them.
 //!
 //! The pipeline flows one way, one module per stage (see ARCHITECTURE.md):
-//! `image` → `tree` → `ostree` → `disk` → `bootloader` → `output`.
+//! `image` → `tree` → `ostree` → `disk` → `bootloader` → `output` → `cloud`.
 
 pub mod bake;
 pub mod bootloader;
 pub mod composefs;
 pub mod cli;
+pub mod cloud;
+pub mod config;
+pub mod customize;
 pub mod disk;
 pub mod fsmeta;
 pub mod fsverity;

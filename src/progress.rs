@@ -22,6 +22,14 @@ pub enum ProgressMode {
     Quiet,
 }
 
+/// What a stage counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Bytes,
+    /// 512 KiB EBS blocks.
+    Blocks,
+}
+
 /// How often plain and JSON progress lines are printed for one stage.
 const LINE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -50,15 +58,19 @@ impl Progress {
 
     /// Starts a named stage; `total` is in bytes when known.
     pub fn stage(&self, name: &str, total: Option<u64>) -> Stage {
+        self.stage_in(name, total, Unit::Bytes)
+    }
+
+    /// Starts a named stage counting `unit`s; a total may come later ([`Stage::add_total`]).
+    pub fn stage_in(&self, name: &str, total: Option<u64>, unit: Unit) -> Stage {
+        let template = match unit {
+            Unit::Bytes => "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            Unit::Blocks => "{prefix:>10} [{bar:30}] {pos}/{len} blocks {per_sec} {msg}",
+        };
+        let total = if unit == Unit::Blocks { total.or(Some(0)) } else { total };
         let bar = self.bars.as_ref().map(|m| {
             let bar = match total {
-                Some(t) => ProgressBar::new(t).with_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-                    )
-                    .unwrap()
-                    .progress_chars("=> "),
-                ),
+                Some(t) => ProgressBar::new(t).with_style(ProgressStyle::with_template(template).unwrap().progress_chars("=> ")),
                 None => ProgressBar::new_spinner().with_style(
                     ProgressStyle::with_template("{prefix:>10} {spinner} {elapsed} {msg}").unwrap(),
                 ),
@@ -69,6 +81,7 @@ impl Progress {
         });
         let stage = Stage(Arc::new(StageInner {
             mode: self.mode,
+            unit,
             name: name.to_string(),
             total: AtomicU64::new(total.unwrap_or(0)),
             done: AtomicU64::new(0),
@@ -93,6 +106,14 @@ impl Progress {
         }
     }
 
+    /// The run's result for CI: a `result` event in JSON mode (nothing otherwise; the
+    /// command prints its own summary on stdout).
+    pub fn result(&self, value: serde_json::Value) {
+        if self.mode == ProgressMode::Json {
+            emit(&json!({"event": "result", "result": value}));
+        }
+    }
+
     /// A one-off informational line (suppressed in quiet mode).
     pub fn info(&self, message: &str) {
         match self.mode {
@@ -114,6 +135,7 @@ pub struct Stage(Arc<StageInner>);
 
 struct StageInner {
     mode: ProgressMode,
+    unit: Unit,
     name: String,
     total: AtomicU64,
     done: AtomicU64,
@@ -171,6 +193,9 @@ impl Stage {
                 if total > 0 {
                     v["total"] = json!(total);
                 }
+                if s.unit == Unit::Blocks {
+                    v["unit"] = json!("blocks");
+                }
                 if let Some(secs) = seconds {
                     v["seconds"] = json!((secs * 1000.0).round() / 1000.0);
                 }
@@ -180,6 +205,9 @@ impl Stage {
                 let line = match (kind, seconds) {
                     ("start", _) => format!("{}: started", s.name),
                     (_, Some(secs)) => format!("{}: done in {secs:.1}s", s.name),
+                    _ if total > 0 && s.unit == Unit::Blocks => {
+                        format!("{}: {}% ({done} / {total} blocks)", s.name, done * 100 / total.max(1))
+                    }
                     _ if total > 0 => format!(
                         "{}: {}% ({} / {} MiB)",
                         s.name,

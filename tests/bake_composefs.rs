@@ -198,7 +198,7 @@ fn sid_with_verity(s: &Scratch) -> String {
         .entry(&format!("usr/lib/modules/{kver}/initramfs.img"), b'0', 0o644, "", &initramfs)
         .entry("usr/lib/ostree/prepare-root.conf", b'0', 0o644, "", conf)
         .finish();
-    common::oci::add_layer(&sid_image().join("oci"), &s.path().join("layout-verity"), &tar)
+    common::oci::append_layer(&sid_image().join("oci"), &s.path().join("layout-verity"), &common::oci::LayerBlob { tar, gzip: true })
 }
 
 #[test]
@@ -271,7 +271,7 @@ fn verity_files_are_written_on_ext4_mounted_and_staged() {
         .finish();
     for (name, extra) in [("mounted", &[][..]), ("staged", &["--seed", "kiln-verity"][..])] {
         let s = Scratch::new(&format!("bake-composefs-verity-{name}"));
-        let img = common::oci::add_layer(&common::test_image().join("oci"), &s.path().join("layout"), &tar);
+        let img = common::oci::append_layer(&common::test_image().join("oci"), &s.path().join("layout"), &common::oci::LayerBlob { tar: tar.clone(), gzip: true });
         let mut args = vec!["--rootfs", "ext4"];
         args.extend_from_slice(extra);
         let raw = bake(&s, &img, &args);

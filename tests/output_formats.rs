@@ -23,33 +23,15 @@ fn convert(raw: &Path, types: &str, out: &Path) {
 /// across cluster boundaries, and a size that is whole sectors but not whole clusters.
 fn synthetic_raw(dir: &Path, size: u64) -> PathBuf {
     let raw = dir.join("disk.raw");
-    std::fs::File::create(&raw).unwrap().set_len(size).unwrap();
-    let mut sf = Command::new("sfdisk").arg("-q").arg(&raw).stdin(std::process::Stdio::piped()).spawn().unwrap();
-    use std::io::Write;
-    sf.stdin.take().unwrap().write_all(b"label: gpt\nsize=64MiB, name=first\nname=rest\n").unwrap();
-    assert!(sf.wait().unwrap().success());
-    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
-    use std::os::unix::fs::FileExt;
-    let mut seed = 0x1234_5678u64;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 24) as u8
-            })
-            .collect()
-    };
-    for (at, bytes) in [
-        (2 << 20, random(3 << 20)),
+    let mut noise = common::Noise(0x1234_5678);
+    let writes = [
+        (2 << 20, noise.bytes(3 << 20)),
         (40 << 20, vec![0u8; 4 << 20]),
-        ((100 << 20) - 4096, random(12288)),
+        ((100 << 20) - 4096, noise.bytes(12288)),
         (size / 2 + 777 * 512, b"text that compresses well ".repeat(10_000)),
-        (size - (1 << 20) - 4096, random(4096)),
-    ] {
-        f.write_all_at(&bytes, at).unwrap();
-    }
+        (size - (1 << 20) - 4096, noise.bytes(4096)),
+    ];
+    common::sfdisk_image(&raw, size, "label: gpt\nsize=64MiB, name=first\nname=rest\n", &writes);
     raw
 }
 

@@ -96,7 +96,9 @@ if [ "$FLAVOR" = sid ]; then
     grep -q "$f" <<<"$CONTENT" || { echo "the sid initramfs lacks $f" >&2; exit 1; }
   done
 fi
-cp "$ROOT/boot/vmlinuz-$KVER" "$ROOT/usr/lib/modules/$KVER/vmlinuz"
+# (sid's kernel package already ships it there, as the same file.)
+[ "$ROOT/boot/vmlinuz-$KVER" -ef "$ROOT/usr/lib/modules/$KVER/vmlinuz" ] ||
+  cp "$ROOT/boot/vmlinuz-$KVER" "$ROOT/usr/lib/modules/$KVER/vmlinuz"
 rm -rf "${ROOT:?}/boot/"* "$ROOT/initrd.img"* "$ROOT/vmlinuz"*
 
 # Bootloader binaries laid out as bootupd ships them in an image.

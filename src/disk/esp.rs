@@ -241,6 +241,7 @@ mod tests {
             filesystem: Some("vfat".into()),
             label: Some("EFI-SYSTEM".into()),
             fs_uuid: "ABCD-1234".into(),
+            ..Partition::default()
         };
         let mut esp = Esp::format(&img, &part).unwrap();
         esp.create_dir_all("EFI/BOOT").unwrap();

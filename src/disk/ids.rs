@@ -30,7 +30,7 @@ impl Ids {
         self.seeded
     }
 
-    fn bytes(&self, purpose: &str) -> [u8; 32] {
+    pub fn bytes(&self, purpose: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(&self.seed);
         h.update([0]);

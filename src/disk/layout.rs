@@ -18,35 +18,80 @@ const BUILTIN: &[(&str, &str)] = &[
     ("bootc", include_str!("../../layouts/bootc.toml")),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     BiosBoot,
     Esp,
     Boot,
     Root,
+    /// Any other partition: a filesystem with a mountpoint, swap, btrfs subvolumes, or none.
+    #[default]
+    Data,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// How the installed system learns its mounts (bootc-image-builder's `mount_configuration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountScheme {
+    /// Lines in the deployment's /etc/fstab (what bootc writes for /boot).
+    #[default]
+    Fstab,
+    /// systemd .mount and .swap units in the deployment's /etc/systemd/system.
+    Units,
+    /// Nothing: the image mounts its partitions itself.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubvolumeSpec {
+    pub name: String,
+    pub mountpoint: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionSpec {
     pub role: Role,
-    /// The GPT partition name.
+    /// The GPT partition name (none by default).
+    #[serde(default)]
     pub name: String,
     /// The GPT type GUID; a root partition without one gets the platform's.
     #[serde(rename = "type")]
     pub type_guid: Option<String>,
     /// `<n>MiB`, `<n>GiB`, or `rest` (the root only).
     pub size: String,
-    /// Fixed filesystem (the root's is chosen per bake).
+    /// The least a `rest` root may have (beyond what the image's content needs).
+    pub min_size: Option<String>,
+    /// Fixed filesystem (the root's is chosen per bake): ext4, xfs, btrfs, vfat, swap; none
+    /// leaves a data partition empty.
     pub filesystem: Option<String>,
+    /// The filesystem label.
     pub label: Option<String>,
+    /// Where a data partition is mounted on the installed system.
+    pub mountpoint: Option<String>,
+    /// Mount options (default `defaults`).
+    pub options: Option<String>,
+    /// A fixed partition GUID (else one is made from the seed).
+    pub uuid: Option<String>,
+    /// A fixed filesystem UUID (else one is made from the seed).
+    pub fs_uuid: Option<String>,
+    /// btrfs subvolumes made in a data partition, each mounted.
+    #[serde(default, rename = "subvolume")]
+    pub subvolumes: Vec<SubvolumeSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layout {
     pub description: Option<String>,
+    /// The least the whole disk may be.
+    pub min_disk_size: Option<String>,
+    /// A fixed disk GUID (else one is made from the seed).
+    pub disk_uuid: Option<String>,
+    #[serde(default)]
+    pub mounts: MountScheme,
     #[serde(rename = "partition")]
     pub partitions: Vec<PartitionSpec>,
 }
@@ -70,22 +115,52 @@ impl Layout {
         Ok(layout)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let count = |r: Role| self.partitions.iter().filter(|p| p.role == r).count();
         ensure!(count(Role::Root) == 1, "a layout needs exactly one root partition");
         for r in [Role::BiosBoot, Role::Esp, Role::Boot] {
             ensure!(count(r) <= 1, "a layout may have at most one {r:?} partition");
         }
         ensure!(count(Role::Esp) + count(Role::BiosBoot) > 0, "a layout needs an ESP or a BIOS boot partition to boot");
-        for p in &self.partitions {
+        let mut mountpoints = std::collections::BTreeSet::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            let what = p.describe(i);
             let rest = p.size == "rest";
-            ensure!(!rest || p.role == Role::Root, "partition {}: only the root may take the rest of the disk", p.name);
+            ensure!(!rest || p.role == Role::Root, "{what}: only the root may take the rest of the disk");
             if !rest {
-                parse_size(&p.size).with_context(|| format!("partition {}", p.name))?;
+                parse_size(&p.size).with_context(|| what.clone())?;
+            }
+            if let Some(m) = &p.min_size {
+                ensure!(rest, "{what}: min_size is for a root that takes the rest of the disk");
+                parse_size(m).with_context(|| what.clone())?;
             }
             ensure!(p.name.encode_utf16().count() <= 36, "partition name {:?} is longer than GPT's 36 characters", p.name);
+            for g in p.type_guid.iter().chain(&p.uuid) {
+                uuid::Uuid::try_parse(g).map_err(|_| anyhow::anyhow!("{what}: {g:?} is not a GUID"))?;
+            }
+            let fs = p.filesystem.as_deref();
+            if p.role == Role::Data {
+                ensure!(
+                    matches!(fs, None | Some("ext4" | "xfs" | "btrfs" | "swap")),
+                    "{what}: filesystem {:?} cannot be made on a data partition (ext4, xfs, btrfs or swap)",
+                    fs.unwrap()
+                );
+                ensure!(p.mountpoint.is_none() || matches!(fs, Some("ext4" | "xfs" | "btrfs")), "{what}: only a filesystem has a mountpoint");
+                ensure!(p.subvolumes.is_empty() || fs == Some("btrfs"), "{what}: only btrfs has subvolumes");
+            } else {
+                ensure!(p.mountpoint.is_none() && p.subvolumes.is_empty(), "{what}: the mountpoint of a {:?} partition is fixed", p.role);
+            }
+            for m in p.mountpoint.iter().chain(p.subvolumes.iter().map(|s| &s.mountpoint)) {
+                ensure!(m.starts_with('/') && m != "/", "{what}: mountpoint {m:?} must be an absolute path other than /");
+                ensure!(mountpoints.insert(m.clone()), "{what}: mountpoint {m} is used twice");
+            }
         }
         Ok(())
+    }
+
+    /// The root's minimum size from the layout (`min_size`), if any.
+    pub fn root_min(&self) -> Result<u64> {
+        self.partitions.iter().filter_map(|p| p.min_size.as_deref()).map(parse_size).sum()
     }
 
     pub fn fixed_bytes(&self) -> u64 {
@@ -111,8 +186,19 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(bytes.div_ceil(MIB) * MIB)
 }
 
+impl PartitionSpec {
+    /// How messages name the partition.
+    pub fn describe(&self, index: usize) -> String {
+        match (&self.name, &self.mountpoint) {
+            (n, _) if !n.is_empty() => format!("partition {n}"),
+            (_, Some(m)) => format!("partition {} ({m})", index + 1),
+            _ => format!("partition {}", index + 1),
+        }
+    }
+}
+
 /// One partition of a planned disk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Partition {
     pub role: Role,
     pub number: u32,
@@ -125,6 +211,21 @@ pub struct Partition {
     pub label: Option<String>,
     /// The filesystem's UUID (for FAT, the volume id as `XXXX-XXXX`).
     pub fs_uuid: String,
+    /// Where it is mounted (data partitions; the others' are fixed).
+    pub mountpoint: Option<String>,
+    pub options: Option<String>,
+    pub subvolumes: Vec<SubvolumeSpec>,
+}
+
+impl Partition {
+    /// How messages name the partition.
+    pub fn describe(&self) -> String {
+        match (&self.name, &self.mountpoint) {
+            (n, _) if !n.is_empty() => format!("partition {} ({n})", self.number),
+            (_, Some(m)) => format!("partition {} ({m})", self.number),
+            _ => format!("partition {}", self.number),
+        }
+    }
 }
 
 /// A disk to create: its size, GUID and partitions.
@@ -133,6 +234,7 @@ pub struct Plan {
     pub size: u64,
     pub disk_guid: String,
     pub partitions: Vec<Partition>,
+    pub mounts: MountScheme,
 }
 
 impl Plan {
@@ -147,59 +249,75 @@ impl Plan {
 
 /// Lays `layout` out on a disk. `root_size` is the root's size when the disk size is not
 /// given; with `disk_size` the root takes what the other partitions leave, and must be at
-/// least `root_min`.
+/// least `root_min`. The layout's own root minimum and disk minimum raise both.
 pub fn plan(layout: &Layout, root_fs: &str, root_type: &str, root_min: u64, root_size: u64, disk_size: Option<u64>, ids: &Ids) -> Result<Plan> {
     let fixed = layout.fixed_bytes();
+    let layout_min = layout.root_min()?;
+    let root_min = root_min.max(layout_min);
+    let root_size = root_size.max(layout_min);
+    let min_disk = layout.min_disk_size.as_deref().map(parse_size).transpose()?.unwrap_or(0);
     let size = match disk_size {
         Some(s) => {
             let room = s.saturating_sub(FIRST + GPT_TAIL + fixed);
             ensure!(
-                room >= root_min,
-                "the layout does not fit --size {}: its fixed partitions take {} MiB, leaving {} MiB for a root that needs at least {} MiB; use --size {}M or more",
+                room >= root_min && s >= min_disk,
+                "the layout does not fit --size {}: its fixed partitions take {} MiB, leaving {} MiB for a root that needs at least {} MiB{}; use --size {}M or more",
                 s / MIB,
                 fixed / MIB,
                 room / MIB,
                 root_min / MIB,
-                (FIRST + GPT_TAIL + fixed + root_min).div_ceil(MIB)
+                if min_disk > 0 { format!(" (and the disk must be at least {} MiB)", min_disk / MIB) } else { String::new() },
+                (FIRST + GPT_TAIL + fixed + root_min).max(min_disk).div_ceil(MIB)
             );
             s / MIB * MIB
         }
-        None => FIRST + fixed + root_size.div_ceil(MIB) * MIB + GPT_TAIL,
+        None => (FIRST + fixed + root_size.div_ceil(MIB) * MIB + GPT_TAIL).max(min_disk.div_ceil(MIB) * MIB),
     };
     let mut offset = FIRST;
     let mut partitions = Vec::new();
     for (i, spec) in layout.partitions.iter().enumerate() {
         let bytes = if spec.size == "rest" { size - GPT_TAIL - offset - (fixed_after(layout, i)) } else { parse_size(&spec.size)? };
+        let what = spec.describe(i);
         let type_guid = match (&spec.type_guid, spec.role) {
             (Some(t), _) => t.clone(),
             (None, Role::Root) => root_type.to_string(),
-            (None, r) => bail!("partition {} ({r:?}) has no type", spec.name),
+            (None, Role::Data) => LINUX_DATA.to_string(),
+            (None, r) => bail!("{what} ({r:?}) has no type"),
         };
         let filesystem = match spec.role {
             Role::Root => Some(root_fs.to_string()),
             _ => spec.filesystem.clone(),
         };
-        let purpose = format!("partition {}", spec.name);
-        let fs_uuid = match filesystem.as_deref() {
-            Some("vfat") => ids.fat_volume_id(&purpose),
-            _ => ids.uuid(&format!("{purpose} filesystem")),
+        // Named partitions keep the ids they always had for a seed; others go by number.
+        let purpose = if spec.name.is_empty() { format!("partition #{}", i + 1) } else { format!("partition {}", spec.name) };
+        let fs_uuid = match (&spec.fs_uuid, filesystem.as_deref()) {
+            (Some(u), _) => u.clone(),
+            (None, Some("vfat")) => ids.fat_volume_id(&purpose),
+            (None, _) => ids.uuid(&format!("{purpose} filesystem")),
         };
         partitions.push(Partition {
             role: spec.role,
             number: i as u32 + 1,
             name: spec.name.clone(),
             type_guid: type_guid.to_uppercase(),
-            guid: ids.uuid(&purpose),
+            guid: spec.uuid.clone().unwrap_or_else(|| ids.uuid(&purpose)),
             offset,
             size: bytes,
             filesystem,
             label: spec.label.clone(),
             fs_uuid,
+            mountpoint: spec.mountpoint.clone(),
+            options: spec.options.clone(),
+            subvolumes: spec.subvolumes.clone(),
         });
         offset += bytes;
     }
-    Ok(Plan { size, disk_guid: ids.uuid("disk"), partitions })
+    let disk_guid = layout.disk_uuid.clone().unwrap_or_else(|| ids.uuid("disk"));
+    Ok(Plan { size, disk_guid, partitions, mounts: layout.mounts })
 }
+
+/// The GPT type of Linux data partitions.
+pub const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
 fn fixed_after(layout: &Layout, i: usize) -> u64 {
     layout.partitions[i + 1..].iter().filter_map(|p| parse_size(&p.size).ok()).sum()

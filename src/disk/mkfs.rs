@@ -29,11 +29,12 @@ const MKFS: &[Mkfs] = &[
     },
     Mkfs { fs: "xfs", tool: "mkfs.xfs", package: "xfsprogs", args: &["-q", "-f", "-K", "-L", "@LABEL@", "-m", "uuid=@UUID@"], max_label: 12 },
     Mkfs { fs: "btrfs", tool: "mkfs.btrfs", package: "btrfs-progs", args: &["-q", "-f", "-K", "-L", "@LABEL@", "-U", "@UUID@"], max_label: 255 },
+    Mkfs { fs: "swap", tool: "mkswap", package: "util-linux", args: &["-L", "@LABEL@", "-U", "@UUID@"], max_label: 16 },
 ];
 
 /// The root filesystem types kiln can make.
 pub fn supported() -> Vec<&'static str> {
-    MKFS.iter().map(|m| m.fs).collect()
+    MKFS.iter().map(|m| m.fs).filter(|f| *f != "swap").collect()
 }
 
 pub fn check_supported(fs: &str) -> Result<()> {
@@ -58,7 +59,14 @@ pub fn format(device: &Path, fs: &str, label: &str, uuid: &str, content: Option<
     if label.len() > m.max_label {
         bail!("label {label:?} is longer than {fs} allows ({} bytes)", m.max_label);
     }
-    let mut args: Vec<String> = m.args.iter().map(|a| a.replace("@LABEL@", label).replace("@UUID@", uuid)).collect();
+    let mut args: Vec<String> = Vec::new();
+    for a in m.args {
+        // No label: the option goes with its value.
+        if label.is_empty() && (*a == "-L" || *a == "@LABEL@") {
+            continue;
+        }
+        args.push(a.replace("@LABEL@", label).replace("@UUID@", uuid));
+    }
     if let Some(dir) = content {
         if fs != "ext4" {
             bail!("kiln fills only ext4 filesystems in userspace, not {fs}");

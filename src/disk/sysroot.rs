@@ -47,8 +47,11 @@ impl Sysroot {
     /// Makes the root and /boot filesystems of `plan` inside `image` and mounts them under
     /// `workdir` (which must exist and be empty).
     pub fn create(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+        // Data partitions first: mkfs.btrfs refuses a loop device whose backing file has
+        // another loop device mounted (the root's), whatever the offsets.
+        format_data(image, plan, workdir)?;
         let root_fs = plan.root().filesystem.clone().unwrap_or_default();
-        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None, root_fs, verity: Vec::new() };
+        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None, covered: Vec::new(), root_fs, verity: Vec::new() };
         s.attach_format_mount(image, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
@@ -60,17 +63,18 @@ impl Sysroot {
 
     /// Like [`Sysroot::create`], but reproducible (see [`Staged`]); ext4 only.
     pub fn create_staged(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
-        for p in plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot)) {
-            if p.filesystem.as_deref() != Some("ext4") {
+        for p in plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot | Role::Data) && p.filesystem.is_some()) {
+            if !matches!(p.filesystem.as_deref(), Some("ext4") | Some("swap")) {
                 anyhow::bail!(
-                    "--seed makes byte-identical disks with ext4 filesystems only (partition {} is {}): use --rootfs ext4, or leave out --seed",
-                    p.name,
+                    "--seed makes byte-identical disks with ext4 filesystems only ({} is {}): use --rootfs ext4, or leave out --seed",
+                    p.describe(),
                     p.filesystem.as_deref().unwrap_or("none")
                 );
             }
         }
         let root = workdir.join("root");
         std::fs::create_dir_all(root.join("boot"))?;
+        format_data(image, plan, workdir)?;
         Ok(Sysroot {
             root,
             mounts: Vec::new(),
@@ -174,6 +178,42 @@ impl Sysroot {
             None => Ok(()),
         }
     }
+}
+
+/// Makes the filesystems of the data partitions (empty: they are mounted over the deployment's
+/// directories at boot), and their btrfs subvolumes.
+fn format_data(image: &Path, plan: &Plan, workdir: &Path) -> Result<()> {
+    for part in plan.partitions.iter().filter(|p| p.role == Role::Data) {
+        let Some(fs) = part.filesystem.as_deref() else { continue };
+        let dev = LoopDevice::attach(image, part.offset, part.size)?;
+        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None)
+            .with_context(|| format!("making the {fs} filesystem of {}", part.describe()))?;
+        if !part.subvolumes.is_empty() {
+            let at = workdir.join(format!("subvolumes-{}", part.number));
+            std::fs::create_dir_all(&at)?;
+            let made = (|| -> Result<()> {
+                let _mount = Mount::builder()
+                    .fstype(fs)
+                    .mount_autodrop(&dev.path, &at, UnmountFlags::empty())
+                    .with_context(|| format!("cannot mount {} to make its subvolumes", part.describe()))?;
+                for sv in &part.subvolumes {
+                    let out = std::process::Command::new("btrfs")
+                        .args(["subvolume", "create"])
+                        .arg(at.join(&sv.name))
+                        .output()
+                        .context("cannot run btrfs (btrfs-progs)")?;
+                    if !out.status.success() {
+                        anyhow::bail!("btrfs subvolume create {}: {}", sv.name, String::from_utf8_lossy(&out.stderr).trim());
+                    }
+                }
+                syncfs(&at)
+            })();
+            let _ = std::fs::remove_dir(&at);
+            made?;
+        }
+        dev.flush()?;
+    }
+    Ok(())
 }
 
 fn syncfs(dir: &Path) -> Result<()> {

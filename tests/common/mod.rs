@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod boot;
+pub mod moto;
 pub mod oci;
 pub mod registry;
 pub mod sid;
@@ -213,4 +214,35 @@ pub fn tiny_image(s: &Scratch, files: &[(&str, &str)]) -> String {
         t = t.file(path, content);
     }
     oci::write_layout(&s.path().join("layout"), &[oci::LayerBlob { tar: t.finish(), gzip: true }], serde_json::json!({"containers.bootc": "1"}), "amd64")
+}
+
+/// A sparse disk image of `size` bytes partitioned by `sfdisk` with `script`, then `writes`
+/// (offset, bytes) written into it.
+pub fn sfdisk_image(path: &Path, size: u64, script: &str, writes: &[(u64, Vec<u8>)]) {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+    let mut sf = Command::new("sfdisk").arg("-q").arg(path).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    sf.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(sf.wait().unwrap().success(), "sfdisk failed on {script:?}");
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    for (at, bytes) in writes {
+        f.write_all_at(bytes, *at).unwrap();
+    }
+}
+
+/// Reproducible pseudo-random bytes (xorshift): data that neither compresses nor is zero.
+pub struct Noise(pub u64);
+
+impl Noise {
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                (self.0 >> 24) as u8
+            })
+            .collect()
+    }
 }

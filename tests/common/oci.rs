@@ -90,11 +90,7 @@ pub fn write_layout(dir: &Path, layers: &[LayerBlob], labels: serde_json::Value,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
         "layers": descs});
     let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
-    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    format!("oci:{}:latest", dir.display())
+    write_index(dir, &md, ms)
 }
 
 /// The blob files of a layout's layers, in manifest order.
@@ -106,46 +102,44 @@ pub fn layer_blobs(dir: &Path) -> Vec<std::path::PathBuf> {
     m["layers"].as_array().unwrap().iter().map(|l| blob(l["digest"].as_str().unwrap())).collect()
 }
 
-/// Writes at `dst` an OCI layout holding the image tagged `latest` in `src` with one more
-/// (gzip) layer on top; returns its `oci:` reference. Blobs are hardlinked, not copied.
-pub fn add_layer(src: &Path, dst: &Path, tar: &[u8]) -> String {
-    let blob = |dir: &Path, d: &str| dir.join("blobs/sha256").join(&d[7..]);
-    let read_json = |p: std::path::PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
-    let index = read_json(src.join("index.json"));
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest")
-        .expect("a manifest tagged latest")
-        .clone();
-    let mut manifest = read_json(blob(src, entry["digest"].as_str().unwrap()));
-    let mut config = read_json(blob(src, manifest["config"]["digest"].as_str().unwrap()));
-    std::fs::create_dir_all(dst.join("blobs/sha256")).unwrap();
+/// Writes into `dir` the image of layout `src` (tag `latest`) with one more layer on top
+/// (blobs hardlinked where they can be); returns its `oci:` reference.
+pub fn append_layer(src: &Path, dir: &Path, layer: &LayerBlob) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
-        let to = dst.join("blobs/sha256").join(e.file_name());
+        let to = dir.join("blobs/sha256").join(e.file_name());
         if std::fs::hard_link(e.path(), &to).is_err() {
             std::fs::copy(e.path(), &to).unwrap();
         }
     }
     let put = |data: &[u8]| -> (String, usize) {
         let d = sha256(data);
-        std::fs::write(blob(dst, &d), data).unwrap();
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), data).unwrap();
         (d, data.len())
     };
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(tar).unwrap();
-    let (ld, ls) = put(&gz.finish().unwrap());
-    manifest["layers"].as_array_mut().unwrap().push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls}));
-    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(sha256(tar)));
+    let read = |d: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(src.join("blobs/sha256").join(&d[7..])).unwrap()).unwrap() };
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let tagged = index["manifests"].as_array().unwrap().iter().find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest");
+    let mut manifest = read(tagged.expect("a manifest tagged latest")["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&layer.tar).unwrap();
+    let (d, s) = put(&e.finish().unwrap());
+    manifest["layers"].as_array_mut().unwrap().push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s}));
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(sha256(&layer.tar)));
     let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
     manifest["config"]["digest"] = json!(cd);
     manifest["config"]["size"] = json!(cs);
     let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    write_index(dir, &md, ms)
+}
+
+/// The layout's index (one manifest tagged `latest`) and marker; returns its `oci:` reference.
+fn write_index(dir: &Path, manifest_digest: &str, manifest_size: usize) -> String {
     let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    std::fs::write(dst.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dst.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    format!("oci:{}:latest", dst.display())
+        "digest": manifest_digest, "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    format!("oci:{}:latest", dir.display())
 }
