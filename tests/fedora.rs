@@ -197,18 +197,20 @@ fn disable_selinux_leaves_labels_off() {
     assert!(aleph.contains("\"selinux\":\"force-target-disabled\""), "{aleph}");
 }
 
-/// The sid image boots with SELinux on (permissive) and every probe check passing, the
-/// SELinux ones included; the AVC denials are reported.
+/// The sid image boots with SELinux on (permissive), on composefs, with every probe check
+/// passing, the SELinux ones included; the AVC denials are reported. With the ext4/UEFI boot of
+/// tests/bake_composefs.rs, each root filesystem and each firmware boots once.
 #[test]
-fn sid_image_boots_with_selinux() {
-    let raw = shared_disk();
-    for fw in [Firmware::Uefi, Firmware::Bios] {
-        let report = Boot::new(raw, fw, "fedora-ext4").run().unwrap_or_else(|e| panic!("{e}"));
-        println!("sid ext4 {fw}:\n{report}");
+fn sid_image_boots_with_selinux_on_xfs_and_btrfs() {
+    for (fs, fw) in [("xfs", Firmware::Bios), ("btrfs", Firmware::Uefi)] {
+        let s = Scratch::new(&format!("fedora-{fs}"));
+        let raw = bake(&s, &["--rootfs", fs]);
+        let report = Boot::new(&raw, fw, &format!("fedora-{fs}")).run().unwrap_or_else(|e| panic!("{e}"));
+        println!("sid {fs} {fw}:\n{report}");
         report.assert_outcome(&[]);
-        for check in ["selinux.restorecon", "selinux.no-unlabeled"] {
-            assert!(report.checks.contains_key(check), "the probe ran no {check} check: is SELinux on?\n{report}");
+        for check in ["selinux.restorecon", "selinux.no-unlabeled", "composefs.root", "composefs.image"] {
+            assert!(report.checks.contains_key(check), "the probe ran no {check} check:\n{report}");
         }
-        println!("AVC denials during the boot: {}", report.info("avc-denials").unwrap_or("?"));
+        println!("AVC denials during the {fs} boot: {}", report.info("avc-denials").unwrap_or("?"));
     }
 }
