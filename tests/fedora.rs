@@ -10,11 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::boot::{Boot, Firmware};
-use common::{run, sid, sid_image, Scratch};
-
-fn kiln(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
-}
+use common::{bake_fails, run, sid, sid_image, tiny_image, Scratch};
 
 fn sid_ref() -> String {
     format!("oci:{}:latest", sid_image().join("oci").display())
@@ -22,14 +18,9 @@ fn sid_ref() -> String {
 
 /// Bakes the sid image into `<scratch>/out`; returns the raw disk.
 fn bake(s: &Scratch, extra: &[&str]) -> PathBuf {
-    let out = s.path().join("out");
-    let mut args = vec!["bake", "--type", "raw", "--output", out.to_str().unwrap(), "--target-imgref", "quay.io/kiln/test-sid:latest"];
+    let mut args = vec!["--target-imgref", "quay.io/kiln/test-sid:latest"];
     args.extend_from_slice(extra);
-    let image = sid_ref();
-    args.push(&image);
-    let o = kiln(&args);
-    assert!(o.status.success(), "kiln bake failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    out.join("image/disk.raw")
+    common::bake_raw(s, &sid_ref(), &args)
 }
 
 /// One ext4 bake of the sid image, shared by the tests that only read it.
@@ -213,4 +204,24 @@ fn sid_image_boots_with_selinux_on_xfs_and_btrfs() {
         }
         println!("AVC denials during the {fs} boot: {}", report.info("avc-denials").unwrap_or("?"));
     }
+}
+
+/// A policy kiln cannot apply stops the bake with the file, the line and the way out, and
+/// leaves nothing behind.
+#[test]
+fn a_policy_kiln_cannot_read_is_refused() {
+    let fc = "etc/selinux/targeted/contexts/files/file_contexts";
+    let config = ("etc/selinux/config", "SELINUX=enforcing\nSELINUXTYPE=targeted\n");
+    let s = Scratch::new("fedora-bad-regex");
+    let image = tiny_image(&s, &[config, (fc, "/ system_u:object_r:root_t:s0\n/usr/(lib system_u:object_r:usr_t:s0\n")]);
+    bake_fails(&s, &image, &["--rootfs", "ext4"], &[&format!("{fc}: line 2: regex \"/usr/(lib\" does not compile"), "--disable-selinux"]);
+
+    let s = Scratch::new("fedora-bad-policy-type");
+    let image = tiny_image(&s, &[("etc/selinux/config", "SELINUX=enforcing\nSELINUXTYPE=mls\n"), (fc, "/ system_u:object_r:root_t:s0\n")]);
+    bake_fails(&s, &image, &["--rootfs", "ext4"], &["SELINUXTYPE=mls but the image has no etc/selinux/mls/contexts/files/file_contexts; it has policies targeted"]);
+
+    // The way out works.
+    let s = Scratch::new("fedora-bad-regex-disabled");
+    let image = tiny_image(&s, &[config, (fc, "/usr/(lib system_u:object_r:usr_t:s0\n")]);
+    common::bake_raw(&s, &image, &["--rootfs", "ext4", "--disable-selinux"]);
 }

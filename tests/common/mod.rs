@@ -200,6 +200,17 @@ pub fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> 
     err
 }
 
+/// Bakes `image` with `kiln bake --type raw` into `<scratch>/out`; returns the raw disk.
+pub fn bake_raw(s: &Scratch, image: &str, extra: &[&str]) -> PathBuf {
+    let out = s.path().join("out");
+    let mut args = vec!["bake", "--type", "raw", "--output", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(image);
+    let o = kiln(&args);
+    assert!(o.status.success(), "kiln bake failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    out.join("image/disk.raw")
+}
+
 /// A bootable-looking one-layer image with the given extra files, for bad input tests.
 pub fn tiny_image(s: &Scratch, files: &[(&str, &str)]) -> String {
     let mut t = oci::RawTar::default()
