@@ -194,8 +194,10 @@ fn sid_with_verity(s: &Scratch) -> String {
 fn sid_with_verity_boots_with_every_object_verity_protected() {
     let s = Scratch::new("bake-composefs-verity");
     let image = sid_with_verity(&s);
-    // Without labels, so that the reference commit below (unlabelled) is the same commit.
-    let raw = bake(&s, &image, &["--rootfs", "ext4", "--disable-selinux", "--target-imgref", "quay.io/kiln/sid:verity"]);
+    // Without labels, so that the reference commit below (unlabelled) is the same commit; and
+    // so SELinux off at boot: sid's kernel ignores the `selinux=0` --disable-selinux adds, so
+    // AppArmor is made the major LSM again.
+    let raw = bake(&s, &image, &["--rootfs", "ext4", "--disable-selinux", "--karg", "security=apparmor", "--target-imgref", "quay.io/kiln/sid:verity"]);
 
     // The filesystem checker accepts the verity files kiln wrote without the kernel. (This
     // machine's kernel has no fs-verity and so refuses to open them: they are read with
