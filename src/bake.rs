@@ -440,7 +440,7 @@ fn write_deployment(
     let (mut root, filtered) = ostree::convert(merged.root)?;
     let mut layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).map(|(d, _)| d)).collect::<Result<Vec<_>>>()?;
     let policy = image_policy(&repo, &root, args.disable_selinux)
-        .context("the image's SELinux policy cannot be used (fix it in the image, or pass --disable-selinux to bake without labels)")?;
+        .context("the image's SELinux policy cannot be used (fix it in the image, or pass --disable-selinux to bake without labels; paths are the ostree commit's, where the image's /etc is usr/etc)")?;
     if policy.is_some() || !written.is_empty() {
         // Every node labelled by its commit path, and the objects streamed with another label
         // (or with one, when the final tree has no policy after all) re-keyed.
