@@ -28,11 +28,12 @@ use crate::customize::{self, root::SystemRoot};
 use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Disk, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
-use crate::ostree::{self, kargs, object::Kind, Repo};
+use crate::ostree::{self, kargs, object::Kind, prepare_root, Repo};
 use crate::platform::Platform;
 use crate::output::{self, Format, RawDisk};
 use crate::pending::PendingFile;
 use crate::progress::Progress;
+use crate::selinux;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
 use crate::workspace::{OutputDir, RunDir};
 
@@ -222,7 +223,7 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     // An empty mount point an earlier attempt of this run left.
     let _ = std::fs::remove_dir(&workdir);
     std::fs::create_dir(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
-    let sysroot = if ids.is_seeded() {
+    let mut sysroot = if ids.is_seeded() {
         Sysroot::create_staged(disk, &plan, &workdir, &args.output)?
     } else {
         Sysroot::create(disk, &plan, &workdir)?
@@ -243,8 +244,8 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
         disk: &disk.file,
         partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
     });
-    let target = SystemTarget { plan: &plan, sysroot: &sysroot.root, ids: &ids, image_disk_known };
-    write_system(args, inputs, &image, &platform, &target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
+    let mut target = SystemTarget { plan: &plan, sysroot: &mut sysroot, ids: &ids, image_disk_known };
+    write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
         e.close(&disk.file, p)?;
     }
@@ -273,7 +274,7 @@ pub fn open_image(args: &BakeArgs, progress: &Progress) -> Result<(Image, Platfo
 /// to-filesystem`, mounted at `sysroot`.
 pub struct SystemTarget<'a> {
     pub plan: &'a disk::Plan,
-    pub sysroot: &'a Path,
+    pub sysroot: &'a mut Sysroot,
     pub ids: &'a Ids,
     /// The image's own disk description was known when the disk was laid out (or does not
     /// matter: the filesystems exist).
@@ -288,28 +289,41 @@ pub fn write_system(
     inputs: &Inputs,
     image: &Image,
     platform: &Platform,
-    target: &SystemTarget<'_>,
+    target: &mut SystemTarget<'_>,
     esp: Option<&mut (dyn EspWriter + 'static)>,
     bios: Option<BiosTarget<'_>>,
     progress: &Progress,
 ) -> Result<()> {
-    let SystemTarget { plan, sysroot, ids, image_disk_known } = *target;
-    let deployment = write_deployment(args, inputs, image, platform, plan, sysroot, ids, image_disk_known, progress).map_err(explain_enospc)?;
+    let SystemTarget { plan, ref mut sysroot, ids, image_disk_known } = *target;
+    let Deployed { deployment, policy, verity } =
+        write_deployment(args, inputs, image, platform, plan, sysroot, ids, image_disk_known, progress).map_err(explain_enospc)?;
     let stage = progress.stage("bootloader", None);
     let boot_part = plan.part(Role::Boot);
-    let boot_dir = sysroot.join("boot");
+    let boot_dir = sysroot.root.join("boot");
     let target = BootTarget {
         boot_dir: &boot_dir,
         boot_fs: BootFilesystem {
             uuid: boot_part.unwrap_or(plan.root()).fs_uuid.clone(),
             separate_partition: boot_part.is_some(),
         },
-        entries_dir: sysroot.join("boot/loader/entries"),
+        entries_dir: sysroot.root.join("boot/loader/entries"),
         esp: esp.map(|e| e as &mut dyn EspWriter),
         bios,
     };
     bootloader::install(&platform.bootloader, &deployment.dir, target)?;
     stage.finish();
+    if let Some(policy) = &policy {
+        let stage = progress.stage("labels", None);
+        label_what_is_left(policy.labeler(), sysroot, &deployment)?;
+        stage.finish();
+    }
+    if verity {
+        // Last: on ext4 the objects' fs-verity metadata sits past their data until the
+        // filesystem is closed, so nothing may read them after this.
+        let stage = progress.stage("verity", None);
+        sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
+        stage.finish();
+    }
     Ok(())
 }
 
@@ -395,7 +409,48 @@ fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Labels what the bake wrote after the deployment (the deployment's /etc and the stateroot's
+/// /var by their runtime paths, then everything else by its place in the physical root), as
+/// bootc finishes an install.
+fn label_what_is_left(labeler: &selinux::Labeler, sysroot: &Sysroot, deployment: &ostree::Deployment) -> Result<()> {
+    ostree::selabel::ensure_labelled(labeler, &deployment.dir.join("etc"), b"/etc", &[])?;
+    ostree::selabel::ensure_labelled(labeler, &deployment.var, b"/var", &[])?;
+    ostree::selabel::label_physical_root(labeler, &sysroot.root, std::slice::from_ref(&deployment.dir))?;
+    // The directories under the mounts (`/boot` on the root filesystem) are seen too.
+    for (at, dir) in sysroot.covered_dirs() {
+        let physical = Path::new("/").join(at.strip_prefix(&sysroot.root).unwrap_or(at));
+        ostree::selabel::label_fd(labeler, dir, physical.as_os_str().as_encoded_bytes())?;
+    }
+    Ok(())
+}
+
+/// The image's SELinux policy, read from its commit tree (`None`: the image has none, or the
+/// user turned labelling off).
+fn image_policy(repo: &Repo, root: &Dir, disabled: bool) -> Result<Option<selinux::Policy>> {
+    if disabled {
+        return Ok(None);
+    }
+    let read = |path: &str| match root.get_path(path) {
+        Some(Node::File(f)) => std::fs::read(repo.object_path(&f.content, Kind::File)).ok(),
+        _ => None,
+    };
+    let list = |path: &str| match root.get_path(path) {
+        Some(Node::Dir(d)) => d.entries.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect(),
+        _ => Vec::new(),
+    };
+    selinux::Policy::load(&read, &list)
+}
+
 /// Applies the image into an ostree repository on the sysroot, commits and deploys it.
+/// What writing the deployment leaves for the stages after it.
+struct Deployed {
+    deployment: ostree::Deployment,
+    /// The image's SELinux policy, when its labels were applied.
+    policy: Option<selinux::Policy>,
+    /// The boot needs fs-verity on every object.
+    verity: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_deployment(
     args: &BakeArgs,
@@ -403,17 +458,36 @@ fn write_deployment(
     image: &Image,
     platform: &Platform,
     plan: &disk::Plan,
-    sysroot: &Path,
+    target: &Sysroot,
     ids: &Ids,
     image_disk_known: bool,
     progress: &Progress,
-) -> Result<ostree::Deployment> {
+) -> Result<Deployed> {
+    let sysroot = target.root.as_path();
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
-    let merged = tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?;
+    // Files are labelled as they stream in, when the image has a policy and labels are wanted.
+    let (merged, written) = if args.disable_selinux {
+        (tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?, Default::default())
+    } else {
+        let store = ostree::selabel::StreamLabels::new(&repo);
+        let merged = tree::apply_layers(image, &Interruptible(&store), progress, "layers")?;
+        (merged, store.into_written())
+    };
     interrupt::check()?;
+    let (mut root, filtered) = ostree::convert(merged.root)?;
+    let mut layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).map(|(d, _)| d)).collect::<Result<Vec<_>>>()?;
+    let policy = image_policy(&repo, &root, args.disable_selinux)
+        .context("the image's SELinux policy cannot be used (fix it in the image, or pass --disable-selinux to bake without labels; paths are the ostree commit's, where the image's /etc is usr/etc)")?;
+    if policy.is_some() || !written.is_empty() {
+        // Every node labelled by its commit path, and the objects streamed with another label
+        // (or with one, when the final tree has no policy after all) re-keyed.
+        let stage = progress.stage("labels", None);
+        let mut trees: Vec<&mut Dir> = std::iter::once(&mut root).chain(layers.iter_mut()).collect();
+        ostree::selabel::label_commits(&repo, policy.as_ref().map(|p| p.labeler()), &written, &mut trees)?;
+        stage.finish();
+        interrupt::check()?;
+    }
     let stage = progress.stage("commit", None);
-    let (root, filtered) = ostree::convert(merged.root)?;
-    let layers = merged.layers;
     let kver = tree::kernels(&root).into_iter().next().with_context(|| {
         format!("{} has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is it a bootc image?)", image.describe())
     })?;
@@ -427,7 +501,7 @@ fn write_deployment(
     stage.finish();
 
     let stage = progress.stage("deploy", None);
-    let files = read_files(&repo, &root, &layout_files)?;
+    let files = read_files(&repo, &root, &|p| layout_files(p) || prepare_root::wanted(p))?;
     if !image_disk_known {
         let found = ImageDisk::from_files(&files)?;
         let user_disk = inputs.config.as_ref().is_some_and(|c| c.disk.is_some());
@@ -441,8 +515,22 @@ fn write_deployment(
     let mut all_kargs = disk::kargs(plan);
     all_kargs.extend(install.kargs);
     all_kargs.extend(kargs::kargs_d(&files, &platform.arch.kernel)?);
+    if args.disable_selinux {
+        // As bootc's --disable-selinux: the installed system is told too.
+        all_kargs.push("selinux=0".to_string());
+    }
     all_kargs.extend(inputs.config.iter().flat_map(|c| c.kernel_append.iter().cloned()));
     all_kargs.extend(args.kargs.iter().cloned());
+    // How the initramfs will mount the deployment; fs-verity on every object where required.
+    let composefs = prepare_root::at_boot(&files, &all_kargs)?;
+    let object_verity = composefs
+        .needs_verity()
+        .then(|| -> Result<_> {
+            target.check_verity().with_context(|| format!("{}, which needs fs-verity on every object", composefs.why))?;
+            repo.mark_fsverity()?;
+            ostree::composefs::object_digests(&repo, &root)
+        })
+        .transpose()?;
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
         sysroot,
@@ -455,6 +543,13 @@ fn write_deployment(
             kargs: &all_kargs,
             version: version.as_deref(),
             image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
+            labels: policy.as_ref().map(|p| ostree::selabel::Runtime { labeler: p.labeler() }),
+            selinux_state: match (&policy, args.disable_selinux) {
+                (Some(_), _) => "enabled",
+                (None, true) => "force-target-disabled",
+                (None, false) => "disabled",
+            },
+            object_verity: object_verity.as_ref(),
         },
     )?;
     let system = SystemRoot { deployment: dep.dir.clone(), var: sysroot.join("ostree/deploy").join(&args.stateroot).join("var") };
@@ -466,7 +561,7 @@ fn write_deployment(
             .with_context(|| format!("applying the build config {}", inputs.config.as_ref().map_or("", |c| c.source.as_str())))?;
     }
     stage.finish();
-    Ok(dep)
+    Ok(Deployed { deployment: dep, policy, verity: object_verity.is_some() })
 }
 
 /// The origin the installed system updates from and the ref's image reference:

@@ -106,6 +106,10 @@ def layer2(flavor):
     l.file("usr/lib/bootc/kargs.d/20-other-arch.toml", open(f"{HERE}/bootc/20-other-arch.toml").read())
     if flavor == "sid":
         l.file("usr/lib/bootc/kargs.d/30-selinux.toml", open(f"{HERE}/bootc/30-selinux.toml").read())
+        l.file("usr/lib/bootc/kargs.d/40-emulation.toml", open(f"{HERE}/bootc/40-emulation.toml").read())
+        # The policy knows /root, /home…; a bootc image keeps them in /var, as Fedora's policy
+        # says with the same aliases. A policy file from a layer above the policy's own.
+        l.file("etc/selinux/default/contexts/files/file_contexts.subs", open(f"{HERE}/bootc/file_contexts.subs").read())
     l.file("usr/libexec/kiln-probe", open(f"{HERE}/probe/kiln-probe", "rb").read(), mode=0o755)
     l.file("usr/lib/systemd/system/kiln-probe.service", open(f"{HERE}/probe/kiln-probe.service").read())
     l.symlink("usr/lib/systemd/system/multi-user.target.wants/kiln-probe.service", "../kiln-probe.service")

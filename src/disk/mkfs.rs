@@ -112,7 +112,12 @@ pub fn settle_ext4(device: &Path, immutable: &[String]) -> Result<()> {
     for path in immutable {
         cmds += &format!("sif \"{path}\" flags 0x80010\n");
     }
-    // The commands go through a pipe: a file for them could be left behind.
+    debugfs(device, &cmds)
+}
+
+/// Runs a debugfs script writing to the unmounted ext4 on `device`. The commands go through a
+/// pipe (a file for them could be left behind), and debugfs dies with kiln.
+pub fn debugfs(device: &Path, script: &str) -> Result<()> {
     let mut child = tool("debugfs")
         .arg("-w")
         .args(["-f", "-"])
@@ -122,20 +127,23 @@ pub fn settle_ext4(device: &Path, immutable: &[String]) -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run debugfs")?;
+        .context("cannot run debugfs (e2fsprogs)")?;
     let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(cmds.as_bytes()));
+    let script = script.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
     let out = child.wait_with_output().context("cannot run debugfs")?;
     writer.join().map_err(|_| anyhow::anyhow!("writing to debugfs panicked"))?.context("writing debugfs' commands")?;
-    if !out.status.success() {
-        bail!("debugfs on {} failed: {}", device.display(), String::from_utf8_lossy(&out.stderr).trim());
+    // debugfs reports a failed command on stderr and still exits 0.
+    let errors: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| !l.starts_with("debugfs ")).collect();
+    if !out.status.success() || !errors.is_empty() {
+        bail!("debugfs on {} failed: {}", device.display(), errors.join("; "));
     }
     Ok(())
 }
 
 /// A command for a tool that works on kiln's devices and dies with kiln: a kiln killed with
 /// SIGKILL takes its mkfs along instead of leaving it holding a loop device.
-fn tool(program: &str) -> Command {
+pub fn tool(program: &str) -> Command {
     let mut c = Command::new(program);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl and getppid are async-signal-safe.

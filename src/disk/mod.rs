@@ -15,6 +15,7 @@ pub mod mountns;
 pub mod mounts;
 pub mod sysroot;
 pub mod table;
+pub mod verity;
 
 pub use ids::Ids;
 pub use layout::{plan, Layout, Partition, Plan, Role, MIB};

@@ -18,6 +18,7 @@ use crate::cli::{Replace, ToFilesystemArgs};
 use crate::disk::blockdev::{dev_of_node, partitions_of, BlockDevice, Dev};
 use crate::disk::esp::Esp;
 use crate::disk::layout::MountScheme;
+use crate::disk::sysroot::Sysroot;
 use crate::disk::{table, Ids, Partition, Plan, Role};
 use crate::interrupt;
 use crate::progress::Progress;
@@ -101,8 +102,10 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
         (None, None) => None,
     };
     // The filesystems exist: an image's own disk description does not apply.
-    let target = bake::SystemTarget { plan: &plan, sysroot: &root, ids: &Ids::from_seed(None), image_disk_known: true };
-    bake::write_system(&bake_args, &inputs, &image, &platform, &target, esp, bios, progress)?;
+    let mut sysroot = Sysroot::existing(root.clone(), plan.root().filesystem.clone().unwrap_or_default());
+    let mut target = bake::SystemTarget { plan: &plan, sysroot: &mut sysroot, ids: &Ids::from_seed(None), image_disk_known: true };
+    bake::write_system(&bake_args, &inputs, &image, &platform, &mut target, esp, bios, progress)?;
+    sysroot.close()?;
     if let Some((esp, file, part)) = esp_on_node {
         esp.close(&file, &part)?;
         file.sync_all().context("writing the ESP")?;
