@@ -372,6 +372,46 @@ fn sigint_mid_install_leaves_an_empty_gpt() {
     }
 }
 
+/// `kill -9` in the middle of an install (while the deployment is written, the partitions
+/// made): `sfdisk -d` finds no table (the primary header and protective MBR are written last),
+/// nothing is mounted (kiln's mounts were in its own namespace), and a new install succeeds.
+#[test]
+fn kill_9_mid_install_leaves_no_table() {
+    let s = Scratch::new("install-kill-9");
+    let lo = Loop::new(&s, "disk.raw", "4G", &["--partscan"]);
+    let image = image_ref();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["install", "to-disk", "--progress", "json", &lo.dev, &image])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"stage\":\"deploy\"") {
+                let _ = tx.send(());
+            }
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(600)).expect("the install never reached the deploy stage");
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let log = reader.join().unwrap();
+    no_mounts_of(&lo);
+    let dump = Command::new("sfdisk").arg("-d").arg(&lo.dev).output().unwrap();
+    assert!(!dump.status.success(), "sfdisk still finds a table after kill -9:\n{}\n{log}", String::from_utf8_lossy(&dump.stdout));
+    // The kernel still has the partitions the dead kiln gave it: the next install needs --wipe.
+    install(&lo.dev, &["--wipe"]);
+    assert_eq!(sfdisk_json(&lo.dev)["partitiontable"]["partitions"].as_array().map(Vec::len), Some(3));
+    no_mounts_of(&lo);
+}
+
 /// Runs `script` in a mount namespace of its own (its mounts vanish with it), with kiln as
 /// `$KILN` and the test image as `$IMAGE`; returns its output.
 fn in_namespace(script: &str) -> Output {
