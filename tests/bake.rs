@@ -5,11 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::boot::{Boot, Firmware};
 use common::oci::{write_layout, LayerBlob, RawTar};
+use common::running::Running;
 use common::{bake_fails, kiln, run, test_image, tiny_image, Scratch};
 use serde_json::json;
 
@@ -237,32 +238,14 @@ fn sigint_and_sigterm_mid_bake_clean_up() {
     for (signal, name) in [(libc::SIGTERM, "terminated"), (libc::SIGINT, "interrupted")] {
         let s = Scratch::new(&format!("bake-signal-{signal}"));
         let out = s.path().join("out");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["bake", "--type", "raw", "--rootfs", "ext4", "--progress", "json", "--output", out.to_str().unwrap(), &image_ref()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(["bake", "--type", "raw", "--rootfs", "ext4", "--progress", "json", "--output", out.to_str().unwrap(), &image_ref()]);
         // Wait until the layers are being written into the mounted disk, then signal.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut all = String::new();
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"stage\":\"layers\"") && line.contains("\"start\"") {
-                    let _ = tx.send(());
-                }
-                all += &line;
-                all.push('\n');
-            }
-            all
-        });
         let started = Instant::now();
-        rx.recv_timeout(Duration::from_secs(120)).expect("the bake never reached the layers");
+        let mut bake = Running::start(cmd);
+        assert!(bake.wait_for_stage("layers"), "the bake ended before the layers:\n{}", bake.log.join("\n"));
         std::thread::sleep(Duration::from_millis(300));
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let status = child.wait().unwrap();
-        let err = reader.join().unwrap();
+        let (status, err) = bake.signal(signal);
         assert!(!status.success(), "bake finished despite the signal");
         assert!(err.contains(name), "no {name} message:\n{err}");
         assert!(started.elapsed() < Duration::from_secs(120));

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod moto;
 pub mod oci;
 pub mod registry;
+pub mod running;
 pub mod sid;
 pub mod treediff;
 
