@@ -98,7 +98,12 @@ fn check_disk(raw: &Path, rootfs: &str, layout: &str) {
 }
 
 fn boots_everywhere(name: &str, raw: &Path) {
-    for fw in [Firmware::Uefi, Firmware::Bios] {
+    boots_with(name, raw, &[Firmware::Uefi, Firmware::Bios]);
+}
+
+/// Boots under each of `firmware` with every probe check passing.
+fn boots_with(name: &str, raw: &Path, firmware: &[Firmware]) {
+    for &fw in firmware {
         let report = Boot::new(raw, fw, name).run().unwrap_or_else(|e| panic!("{e}"));
         println!("{name} {fw}:\n{report}");
         report.assert_outcome(&[]);
@@ -118,20 +123,23 @@ fn ext4_root_boots_uefi_and_bios() {
     common::assert_no_leftovers(s.path());
 }
 
+// The default layout's /boot is its own ext4, so with xfs or btrfs the firmware only changes
+// what ext4's pair already proves: one boot each, the firmware alternating (the sid image boots
+// xfs under BIOS and btrfs under UEFI; the bootc layout, whose /boot is on the root, boots both).
 #[test]
-fn xfs_root_boots_uefi_and_bios() {
+fn xfs_root_boots_uefi() {
     let s = Scratch::new("bake-xfs");
     let raw = bake(&s, &["--rootfs", "xfs"]);
     check_disk(&raw, "xfs", "default");
-    boots_everywhere("bake-xfs", &raw);
+    boots_with("bake-xfs", &raw, &[Firmware::Uefi]);
 }
 
 #[test]
-fn btrfs_root_boots_uefi_and_bios() {
+fn btrfs_root_boots_bios() {
     let s = Scratch::new("bake-btrfs");
     let raw = bake(&s, &["--rootfs", "btrfs"]);
     check_disk(&raw, "btrfs", "default");
-    boots_everywhere("bake-btrfs", &raw);
+    boots_with("bake-btrfs", &raw, &[Firmware::Bios]);
 }
 
 /// The bootc layout (no /boot partition) with the root filesystem type from the image's
