@@ -13,6 +13,8 @@ PKGS=(
   debootstrap ostree skopeo umoci zstd gzip tar cpio jq attr libcap2-bin
   # disk-format and OVF oracles
   qemu-utils libxml2-utils python3-libvmdk
+  # ISO oracles: xorriso/osirrox, isoinfo, 7z
+  xorriso genisoimage p7zip-full
   # the reference pipeline (the speed peer)
   grub-efi-amd64-bin grub-pc-bin grub-common
   # local registry tests

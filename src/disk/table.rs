@@ -226,14 +226,39 @@ fn guid_bytes(s: &str) -> Result<[u8; 16]> {
     Ok(uuid::Uuid::parse_str(s).with_context(|| format!("{s:?} is not a GUID"))?.to_bytes_le())
 }
 
+/// One partition of a table, in bytes (offset and size whole sectors).
+pub struct TableEntry<'a> {
+    pub number: u32,
+    pub name: &'a str,
+    pub type_guid: &'a str,
+    pub guid: &'a str,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Writes a whole GPT of `entries` (for tables that are not a layout's, as the ISO's hybrid
+/// one): the same writer and order as [`write`].
+pub fn write_entries<D: Device + ?Sized>(device: &D, geometry: Geometry, disk_guid: &str, entries: &[TableEntry]) -> Result<()> {
+    prepare_entries(device, geometry, disk_guid, &entry_bytes(entries, geometry.sector)?)?.commit()
+}
+
 fn entry_array(plan: &Plan, sector: u64) -> Result<Vec<u8>> {
-    ensure!(plan.partitions.len() as u64 <= ENTRIES, "a GPT holds at most {ENTRIES} partitions");
+    let entries: Vec<TableEntry> = plan
+        .partitions
+        .iter()
+        .map(|p| TableEntry { number: p.number, name: &p.name, type_guid: &p.type_guid, guid: &p.guid, offset: p.offset, size: p.size })
+        .collect();
+    entry_bytes(&entries, sector)
+}
+
+fn entry_bytes(entries: &[TableEntry], sector: u64) -> Result<Vec<u8>> {
+    ensure!(entries.len() as u64 <= ENTRIES, "a GPT holds at most {ENTRIES} partitions");
     let mut out = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
-    for p in &plan.partitions {
+    for p in entries {
         ensure!(p.number >= 1 && p.number as u64 <= ENTRIES, "partition {} has number {}", p.name, p.number);
         let e = &mut out[(p.number as usize - 1) * ENTRY_SIZE as usize..][..ENTRY_SIZE as usize];
-        e[..16].copy_from_slice(&guid_bytes(&p.type_guid)?);
-        e[16..32].copy_from_slice(&guid_bytes(&p.guid)?);
+        e[..16].copy_from_slice(&guid_bytes(p.type_guid)?);
+        e[16..32].copy_from_slice(&guid_bytes(p.guid)?);
         ensure!(p.offset % sector == 0 && p.size % sector == 0, "partition {} is not aligned to {sector}-byte sectors", p.name);
         e[32..40].copy_from_slice(&(p.offset / sector).to_le_bytes());
         e[40..48].copy_from_slice(&((p.offset + p.size) / sector - 1).to_le_bytes());

@@ -4,6 +4,7 @@
 //! named only when the whole run has succeeded, so a failure or a kill leaves nothing behind.
 
 mod gce;
+pub mod iso;
 mod ova;
 mod parallel;
 mod qcow2;

@@ -13,7 +13,7 @@ mod ebs;
 mod ec2;
 mod http;
 mod s3;
-mod sigv4;
+pub(crate) mod sigv4;
 mod xml;
 
 use std::time::{Duration, Instant};
