@@ -1,7 +1,8 @@
 //! The ISO writer against independent readers: xorriso's El Torito and system-area reports,
 //! isoinfo (Rock Ridge, Joliet), osirrox (Rock Ridge tree) and 7z (Joliet tree) extracting
-//! byte-equal files, sfdisk and sgdisk on the hybrid GPT; and under QEMU, GRUB (built by the
-//! host's grub-mkimage) booting from it in all four ways: CD and USB stick, BIOS and UEFI.
+//! byte-equal files, sfdisk and sgdisk on the hybrid GPT; and under QEMU, GRUB (kiln's El
+//! Torito core; the host's grub-mkimage for EFI) booting from it in all four ways: CD and USB
+//! stick, BIOS and UEFI.
 
 mod common;
 
@@ -11,6 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{run, Noise, Scratch};
+use kiln::bootloader::core_image::{self, CoreSpec};
+use kiln::bootloader::image_files::ImageRoot;
 use kiln::disk::Ids;
 use kiln::output::iso::{self, Content, IsoFile, IsoSpec};
 use kiln::progress::{Progress, ProgressMode};
@@ -32,17 +35,13 @@ fn grub_config(dir: &Path) -> PathBuf {
 
 const GRUB_MODULES: &[&str] = &["iso9660", "part_gpt", "serial", "terminal", "echo", "cat", "search", "search_fs_file", "reboot"];
 
+/// GRUB's El Torito core as kiln builds it (from the host's i386-pc files here; from the
+/// image's in a bake).
 fn bios_core(dir: &Path) -> Vec<u8> {
-    let out = dir.join("eltorito.img");
-    let cfg = grub_config(dir);
-    run(Command::new("grub-mkimage")
-        .args(["-O", "i386-pc-eltorito", "-p", "/boot/grub", "-c"])
-        .arg(&cfg)
-        .arg("-o")
-        .arg(&out)
-        .arg("biosdisk")
-        .args(GRUB_MODULES));
-    fs::read(out).unwrap()
+    let config = fs::read_to_string(grub_config(dir)).unwrap();
+    let modules: Vec<String> = std::iter::once("biosdisk").chain(GRUB_MODULES.iter().copied()).map(String::from).collect();
+    let spec = CoreSpec { modules: &modules, config: &config, prefix: "/boot/grub" };
+    core_image::build_eltorito(&ImageRoot::new("/"), "usr/lib/grub/i386-pc", &spec).unwrap()
 }
 
 /// A FAT ESP image holding a GRUB EFI as the removable-media path.

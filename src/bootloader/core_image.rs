@@ -120,6 +120,18 @@ pub fn build(image: &ImageRoot, dir: &str, spec: &CoreSpec) -> Result<CoreImage>
     Ok(CoreImage { bytes })
 }
 
+/// GRUB's El Torito core (`grub-mkimage -O i386-pc-eltorito`, mkimage.c): `cdboot.img`, one
+/// CD sector that loads the rest through the boot-info table, then the same core as
+/// [`build`]. Booted from a disk (an ISO written to a USB stick, through `boot_hybrid.img`),
+/// `diskboot.img` is the sector after `cdboot.img` and its blocklist start is what the ISO
+/// writer's GRUB2 boot info patch sets (byte 2548 = 2048 + [`BLOCKLIST_START_AT`]).
+pub fn build_eltorito(image: &ImageRoot, dir: &str, spec: &CoreSpec) -> Result<Vec<u8>> {
+    let mut bytes = read_grub_file(image, dir, "cdboot.img")?;
+    ensure!(bytes.len() == 2048, "/{} must be 2048 bytes, found {}", join(dir, "cdboot.img"), bytes.len());
+    bytes.extend_from_slice(&build(image, dir, spec)?.bytes);
+    Ok(bytes)
+}
+
 /// The uncompressed payload: kernel.img's sections as loaded, then the module area. Tests
 /// compare it with the one inside grub-mkimage's core.img.
 pub fn payload(image: &ImageRoot, dir: &str, spec: &CoreSpec) -> Result<Vec<u8>> {
