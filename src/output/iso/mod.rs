@@ -10,6 +10,7 @@
 //! pass: file contents are streamed from their files, never held in memory. The same input and
 //! `Ids` seed give the same bytes.
 
+pub mod cpio;
 mod eltorito;
 mod names;
 mod records;
