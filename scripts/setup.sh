@@ -3,14 +3,17 @@
 # already present are skipped, so a second run makes no network requests.
 set -euo pipefail
 PKGS=(
-  # boot harness
-  qemu-system-x86 ovmf
+  # boot harness (x86_64: OVMF and SeaBIOS; aarch64: AAVMF on the virt machine), and fdtput
+  # to make the devicetree the aarch64 devicetree test ships
+  qemu-system-x86 ovmf qemu-system-arm qemu-efi-aarch64 device-tree-compiler
   # filesystems and partition tables (oracles and mkfs for the root filesystem)
   e2fsprogs xfsprogs btrfs-progs dosfstools mtools gdisk fdisk util-linux
   # the test image and the image oracles
   debootstrap ostree skopeo umoci zstd gzip tar cpio jq attr libcap2-bin
   # disk-format and OVF oracles
   qemu-utils libxml2-utils python3-libvmdk
+  # the asahi package's oracles (unzip -t; the ESP the installer would format, filled by mtools)
+  unzip
   # the reference pipeline (the speed peer)
   grub-efi-amd64-bin grub-pc-bin grub-common
   # local registry tests
@@ -52,5 +55,19 @@ if [ "$(cat "$MOTO_VENV/.kiln-stamp" 2>/dev/null)" != "$stamp" ]; then
   "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check -r "$MOTO_REQS"
   "$MOTO_VENV/bin/python" -c "import moto.server, boto3"
   echo "$stamp" > "$MOTO_VENV/.kiln-stamp"
+fi
+# qemu-aarch64-static builds the arm64 test image (base.sh runs its dpkg and dracut under
+# emulation). Only the binary is taken from the package: installing qemu-user-static would leave
+# binfmt handlers registered for good, and kiln's arm64 bake test checks that none is (kiln must
+# never need to run the image's binaries). base.sh registers it for its own run only.
+QEMU_USER=${KILN_QEMU_USER_DIR:-/opt/kiln-qemu-user}
+if [ ! -x "$QEMU_USER/qemu-aarch64-static" ]; then
+  echo "setup: extracting qemu-aarch64-static into $QEMU_USER"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq qemu-user-static >/dev/null 2>&1 || { apt-get update -qq && apt-get download -qq qemu-user-static; })
+  mkdir -p "$QEMU_USER"
+  dpkg-deb --fsys-tarfile "$tmp"/qemu-user-static_*.deb | tar -x -C "$tmp" ./usr/bin/qemu-aarch64-static
+  mv "$tmp/usr/bin/qemu-aarch64-static" "$QEMU_USER/"
+  rm -rf "$tmp"
 fi
 echo "setup: all packages present"
