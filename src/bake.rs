@@ -74,8 +74,9 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     std::fs::create_dir_all(raw.parent().unwrap()).with_context(|| format!("cannot create {}", raw.parent().unwrap().display()))?;
     let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
     let mut image_files = None;
+    let asahi = formats.contains(&Format::Asahi);
     let result = loop {
-        match bake_raw(args, &inputs, partial.path(), progress, image_files.take()) {
+        match bake_raw(args, &inputs, partial.path(), asahi, progress, image_files.take()) {
             Err(e) => match e.downcast::<ImageDiskFound>() {
                 Ok(found) => {
                     progress.info("the image describes its own disk (disk.yaml or an embedded build config): laying the disk out again with it");
@@ -93,10 +94,24 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     let mut written: Vec<Partial> = Vec::new();
     for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
         interrupt::check()?;
-        output::write(*format, &disk, path, &args.ova.options(), progress)?;
         // Kept only if the whole bake succeeds.
-        written.push(Partial::new_existing(path.clone()));
-        progress.info(&format!("wrote {}", path.display()));
+        let made = match (format, &baked.asahi) {
+            (Format::Asahi, Some(package)) => {
+                let dir = path.parent().unwrap();
+                let (zip, data) = output::asahi::paths(package, dir);
+                prepare_output(&zip, args.force)?;
+                output::asahi::write(&disk, package, dir, progress)?;
+                vec![zip, data]
+            }
+            _ => {
+                output::write(*format, &disk, path, &args.ova.options(), progress)?;
+                vec![path.clone()]
+            }
+        };
+        for path in made {
+            progress.info(&format!("wrote {}", path.display()));
+            written.push(Partial::new_existing(path));
+        }
     }
     if let Some(session) = &aws {
         interrupt::check()?;
@@ -163,6 +178,8 @@ struct Baked {
     arch: String,
     /// The default AMI name: the image's name and version.
     ami_name: String,
+    /// What the Asahi package is made of besides the disk, when it was asked for.
+    asahi: Option<output::asahi::Package>,
 }
 
 /// The files of the image the disk's layout depends on: the bootc install configuration and
@@ -174,12 +191,26 @@ fn layout_files(path: &str) -> bool {
 /// `image_files`: the image's files that decide the layout, when a previous attempt found
 /// them; otherwise they come from a scan (without `--rootfs`) or are looked at after the
 /// commit.
-fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, progress: &Progress, image_files: Option<BTreeMap<String, Vec<u8>>>) -> Result<Baked> {
+/// `asahi`: the disk is also made into an Asahi package (4 KiB-sector filesystems, a root that
+/// grows, m1n1/boot.bin on the ESP).
+fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, asahi: bool, progress: &Progress, image_files: Option<BTreeMap<String, Vec<u8>>>) -> Result<Baked> {
     let opts = args.source.open_options();
     let image = Image::open(&args.image, &opts)?;
     image.require_bootable_label()?;
     let arch = if image.config.architecture.is_empty() { opts.arch.clone() } else { image.config.architecture.clone() };
-    let platform = Platform::for_oci_arch(&arch)?;
+    let platform = Platform::for_oci_arch(&arch).with_context(|| image.describe())?;
+    let m1n1 = match (asahi, &platform.bootloader.m1n1) {
+        (true, None) => bail!(
+            "--type asahi makes a package for Apple Silicon Macs, which run arm64 images; {} is an {arch} image{}",
+            image.describe(),
+            if opts.arch_given { String::new() } else { " (for a multi-platform image, add --target-arch arm64)".to_string() }
+        ),
+        (true, Some(m)) => Some(m),
+        (false, _) => None,
+    };
+    if arch != opts.arch {
+        progress.info(&format!("baking for {arch}, the image's architecture"));
+    }
     image.fetch_layers(progress)?;
     interrupt::check()?;
 
@@ -227,7 +258,13 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, progress: &Progress, i
     };
     let (root_size, root_min) = disk::root_size(content);
     let ids = Ids::from_seed(args.seed.as_deref());
-    let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
+    let mut plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
+    // The Asahi installer copies the filesystems onto 4 KiB-sector NVMe partitions it makes
+    // as large as the user wants.
+    (plan.sector_4k, plan.grow_root) = (asahi, asahi);
+    if asahi && plan.part(Role::Esp).is_none() {
+        bail!("--type asahi needs a layout with an ESP: the Asahi installer makes the EFI partition from it");
+    }
     drop(scan);
 
     check_free_space(raw.parent().unwrap(), root_min)?;
@@ -244,6 +281,14 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, progress: &Progress, i
     interrupt::check()?;
 
     let deployment = write_deployment(args, inputs, &image, &platform, &plan, &sysroot.root, &ids, image_disk_known, progress).map_err(explain_enospc)?;
+
+    let image_root = bootloader::image_files::ImageRoot::new(&deployment.dir);
+    let boot_bin = m1n1.map(|m| bootloader::m1n1::assemble(&image_root, &deployment.kver, m)).transpose()?;
+    if let Some(b) = &boot_bin {
+        if !b.ignored.is_empty() {
+            progress.warn(&format!("m1n1/boot.bin: lines of the image's /{} m1n1 does not take were left out: {}", m1n1.unwrap().config, b.ignored.join("; ")));
+        }
+    }
 
     let stage = progress.stage("bootloader", None);
     let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
@@ -262,10 +307,17 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, progress: &Progress, i
         }),
     };
     bootloader::install(&platform.bootloader, &deployment.dir, target)?;
+    if let (Some(b), Some(e)) = (&boot_bin, esp.as_mut()) {
+        bootloader::m1n1::install(b, e)?;
+    }
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
         e.close(raw, p)?;
     }
     stage.finish();
+    let asahi_package = match m1n1 {
+        Some(m) => Some(asahi_package(&image, &deployment.dir, &image_root, m, &plan)?),
+        None => None,
+    };
 
     let stage = progress.stage("finish", None);
     sysroot.close()?;
@@ -273,11 +325,35 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, progress: &Progress, i
         .and_then(|f| f.sync_all())
         .with_context(|| format!("writing {} failed (is its disk full?)", raw.display()))?;
     stage.finish();
-    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image) })
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image), asahi: asahi_package })
+}
+
+/// The Asahi package's names and icon, from the image, and the disk's partitions it is made of.
+fn asahi_package(image: &Image, deployment: &Path, image_root: &bootloader::image_files::ImageRoot, m1n1: &bootloader::M1n1Platform, plan: &disk::Plan) -> Result<output::asahi::Package> {
+    let pretty = ostree::deploy::os_release(deployment, "PRETTY_NAME");
+    let (name, version) = image_name_and_version(image);
+    let labels = image.labels();
+    // The installer's menu shows the image's title and version when it has them.
+    let menu_name = match (labels.get("org.opencontainers.image.title"), labels.get("org.opencontainers.image.version")) {
+        (Some(t), Some(v)) => format!("{t} {v}"),
+        (Some(t), None) => t.clone(),
+        (None, _) => pretty.clone().unwrap_or_else(|| format!("{name} {version}")),
+    };
+    let os_id = ostree::deploy::os_release(deployment, "ID").unwrap_or_else(|| "linux".into());
+    Ok(output::asahi::Package {
+        name: output::asahi::package_name(&name, &version),
+        os_name: pretty.unwrap_or_else(|| menu_name.clone()),
+        menu_name,
+        icon: bootloader::m1n1::icon(image_root, m1n1, &os_id)?,
+        supported_fw: m1n1.supported_fw.clone(),
+        esp: plan.part(Role::Esp).context("the layout has no ESP")?.clone(),
+        boot: plan.part(Role::Boot).cloned(),
+        root: plan.root().clone(),
+    })
 }
 
 /// The image's title and version labels, else its repository's name and manifest digest.
-fn default_ami_name(image: &Image) -> String {
+fn image_name_and_version(image: &Image) -> (String, String) {
     let labels = image.labels();
     let name = labels.get("org.opencontainers.image.title").cloned().unwrap_or_else(|| {
         let reference = image.source.registry_form().unwrap_or_else(|| image.source.to_string());
@@ -287,6 +363,11 @@ fn default_ami_name(image: &Image) -> String {
     let version = labels.get("org.opencontainers.image.version").cloned().unwrap_or_else(|| {
         image.manifest_digest.trim_start_matches("sha256:").chars().take(12).collect()
     });
+    (name, version)
+}
+
+fn default_ami_name(image: &Image) -> String {
+    let (name, version) = image_name_and_version(image);
     aws::default_ami_name(&name, &version)
 }
 
@@ -308,10 +389,11 @@ fn choose_layout(args: &BakeArgs, inputs: &Inputs, image_disk: &ImageDisk, platf
             image_disk.config.as_ref()
         }
     };
-    match custom {
-        Some(d) => disk::custom::apply(&base, d, rootfs),
-        None => Ok(base),
-    }
+    let layout = match custom {
+        Some(d) => disk::custom::apply(&base, d, rootfs)?,
+        None => base,
+    };
+    layout.for_firmware(&platform.arch.firmware)
 }
 
 /// The day passwords are set (shadow's lastchg, days since 1970-01-01): today, or for a seeded

@@ -23,6 +23,8 @@ pub struct Sysroot {
     loops: Vec<LoopDevice>,
     /// Set when the filesystems are staged in directories and made at the end.
     staged: Option<Staged>,
+    /// The plan's filesystems are for 4 KiB logical sectors.
+    sector_4k: bool,
 }
 
 /// The reproducible way (`--seed`): the sysroot is written to plain directories, and the
@@ -42,7 +44,7 @@ impl Sysroot {
         // Data partitions first: mkfs.btrfs refuses a loop device whose backing file has
         // another loop device mounted (the root's), whatever the offsets.
         format_data(image, plan, workdir)?;
-        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None };
+        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None, sector_4k: plan.sector_4k };
         s.attach_format_mount(image, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
@@ -71,13 +73,14 @@ impl Sysroot {
             mounts: Vec::new(),
             loops: Vec::new(),
             staged: Some(Staged { image: image.to_path_buf(), plan: plan.clone(), workdir: workdir.to_path_buf() }),
+            sector_4k: plan.sector_4k,
         })
     }
 
     fn attach_format_mount(&mut self, image: &Path, part: &Partition, at: &Path) -> Result<()> {
         let fs = part.filesystem.as_deref().context("partition without a filesystem")?;
         let dev = LoopDevice::attach(image, part.offset, part.size)?;
-        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None)
+        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None, self.sector_4k)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
         Mount::builder()
             .fstype(fs)
@@ -141,7 +144,7 @@ fn format_data(image: &Path, plan: &Plan, workdir: &Path) -> Result<()> {
     for part in plan.partitions.iter().filter(|p| p.role == Role::Data) {
         let Some(fs) = part.filesystem.as_deref() else { continue };
         let dev = LoopDevice::attach(image, part.offset, part.size)?;
-        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None)
+        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None, plan.sector_4k)
             .with_context(|| format!("making the {fs} filesystem of {}", part.describe()))?;
         if !part.subvolumes.is_empty() {
             let at = workdir.join(format!("subvolumes-{}", part.number));
@@ -241,7 +244,7 @@ impl Staged {
         }
         for (part, dir, immutable) in parts {
             let dev = LoopDevice::attach(&self.image, part.offset, part.size)?;
-            mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir))
+            mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir), self.plan.sector_4k)
                 .with_context(|| format!("making the filesystem of partition {}", part.name))?;
             mkfs::settle_ext4(&dev.path, &immutable)?;
             dev.flush()?;

@@ -3,6 +3,7 @@
 //! zero blocks, compresses on all cores, and writes to a temporary file renamed into place at
 //! the end, so a failure leaves nothing behind.
 
+pub mod asahi;
 mod gce;
 mod ova;
 mod parallel;
@@ -11,6 +12,7 @@ mod rawdisk;
 mod tar_header;
 mod vhd;
 mod vmdk;
+mod zip;
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +31,8 @@ pub enum Format {
     Vhd,
     Gce,
     Ova,
+    /// The Asahi installer's package: made by the bake (it needs the image), see [`asahi`].
+    Asahi,
 }
 
 /// `--type` names (bootc-image-builder's where it has them) and where each output goes.
@@ -39,6 +43,7 @@ const FORMATS: &[(Format, &[&str], &str)] = &[
     (Format::Vhd, &["vhd", "vpc"], "vpc/disk.vhd"),
     (Format::Gce, &["gce"], "gce/image.tar.gz"),
     (Format::Ova, &["ova"], "ova/disk.ova"),
+    (Format::Asahi, &["asahi"], "asahi/installer_data.json"),
 ];
 
 impl Format {
@@ -86,6 +91,9 @@ pub fn write(format: Format, raw: &RawDisk, dest: &Path, ova: &OvaOptions, progr
         Format::Vhd => vhd::write(raw, &tmp, &stage),
         Format::Gce => gce::write(raw, &tmp, &stage),
         Format::Ova => ova::write(raw, &tmp, ova, &stage),
+        Format::Asahi => Err(anyhow::anyhow!(
+            "an Asahi package is made from the image (m1n1, its device trees, U-Boot), not from a disk: use kiln bake --type asahi IMAGE"
+        )),
     };
     let result = result.and_then(|()| {
         std::fs::File::open(&tmp)?.sync_all()?;
