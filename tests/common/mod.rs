@@ -48,6 +48,13 @@ pub fn sid_image() -> &'static Path {
     DIR.get_or_init(|| build_test_image("sid"))
 }
 
+/// The arm64 test image: bookworm's shape and probe for aarch64, plus Apple Silicon's boot
+/// files (m1n1, U-Boot, device trees, an icon). Built through qemu-user once, then cached.
+pub fn arm64_image() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_test_image("bookworm-arm64"))
+}
+
 fn build_test_image(flavor: &str) -> PathBuf {
     let out = Command::new("bash")
         .arg(repo().join("scripts/test-image/build.sh"))
