@@ -429,6 +429,7 @@ fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> Stri
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "bake succeeded but should have failed");
     assert!(!err.contains("panicked"), "{err}");
+    println!("{}", err.lines().filter(|l| l.contains("error")).collect::<Vec<_>>().join("\n"));
     for e in expect {
         assert!(err.contains(e), "error lacks {e:?}:\n{err}");
     }
@@ -443,6 +444,7 @@ fn tiny_image(dir: &Path, arch: &str, files: &[(&str, &str)]) -> String {
         .dir("usr/")
         .dir("usr/lib/")
         .file("usr/lib/os-release", "ID=tiny\nPRETTY_NAME=\"Tiny\"\n")
+        .dir("etc/")
         .dir("usr/lib/modules/")
         .dir("usr/lib/modules/6.1.0-a/")
         .file("usr/lib/modules/6.1.0-a/vmlinuz", "kernel")
