@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::boot::{Boot, Firmware};
+use common::gpt::{on_partition, partitions, Part};
 use common::oci::{write_layout, LayerBlob, RawTar};
 use common::{run, test_image, Scratch};
 use serde_json::json;
@@ -35,43 +36,6 @@ fn bake(s: &Scratch, extra: &[&str]) -> PathBuf {
     raw
 }
 
-struct Part {
-    start: u64,
-    size: u64,
-    name: String,
-}
-
-fn partitions(raw: &Path) -> Vec<Part> {
-    let v: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(raw))).unwrap();
-    v["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| Part {
-            start: p["start"].as_u64().unwrap() * 512,
-            size: p["size"].as_u64().unwrap() * 512,
-            name: p["name"].as_str().unwrap_or_default().to_string(),
-        })
-        .collect()
-}
-
-/// Runs a checker on one partition through a read-only loop device of its own.
-fn check_partition(raw: &Path, part: &Part, checker: &[&str]) {
-    let dev = run(Command::new("losetup")
-        .args(["--find", "--show", "--read-only", "--offset", &part.start.to_string(), "--sizelimit", &part.size.to_string()])
-        .arg(raw));
-    let dev = dev.trim().to_string();
-    let out = Command::new(checker[0]).args(&checker[1..]).arg(&dev).output().unwrap();
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
-    assert!(
-        out.status.success(),
-        "{checker:?} on partition {} failed:\n{}\n{}",
-        part.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The raw disk passes the independent checkers for its partition table and filesystems.
 fn check_disk(raw: &Path, rootfs: &str, layout: &str) {
     let v = run(Command::new("sgdisk").arg("-v").arg(raw));
@@ -80,17 +44,17 @@ fn check_disk(raw: &Path, rootfs: &str, layout: &str) {
     let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
     let expected: &[&str] = if layout == "bootc" { &["BIOS-BOOT", "EFI-SYSTEM", "root"] } else { &["BIOS-BOOT", "EFI-SYSTEM", "boot", "root"] };
     assert_eq!(names, expected);
-    check_partition(raw, &parts[1], &["fsck.fat", "-n"]);
+    on_partition(raw, &parts[1], &["fsck.fat", "-n"]);
     if layout != "bootc" {
-        check_partition(raw, &parts[2], &["e2fsck", "-fn"]);
+        on_partition(raw, &parts[2], &["e2fsck", "-fn"]);
     }
     let root = parts.last().unwrap();
     match rootfs {
-        "ext4" => check_partition(raw, root, &["e2fsck", "-fn"]),
-        "xfs" => check_partition(raw, root, &["xfs_repair", "-n"]),
-        "btrfs" => check_partition(raw, root, &["btrfs", "check", "--readonly"]),
+        "ext4" => on_partition(raw, root, &["e2fsck", "-fn"]),
+        "xfs" => on_partition(raw, root, &["xfs_repair", "-n"]),
+        "btrfs" => on_partition(raw, root, &["btrfs", "check", "--readonly"]),
         other => panic!("{other}"),
-    }
+    };
     // Labels and types as bootc-image-builder and systemd expect them.
     let blkid = |p: &Part| {
         run(Command::new("blkid").args(["-p", "-o", "export", "--offset", &p.start.to_string(), "--size", &p.size.to_string()]).arg(raw))

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod boot;
+pub mod gpt;
 pub mod moto;
 pub mod oci;
 pub mod registry;
