@@ -15,11 +15,12 @@ cargo build --release --locked -q --bin kiln
 W=$(mktemp -d /var/tmp/kiln-bench.XXXXXX); trap 'rm -rf "$W"' EXIT
 RESULTS=$W/results
 { read -r X86_REF; read -r ARM_REF; } < <(python3 scripts/bench/same-size.py "$X86" "$ARM" "$W")
-bake() { ./target/release/kiln bake --rootfs ext4 --force --progress quiet --target-imgref quay.io/kiln/bench:latest "$@"; }
+# (An array, not a function: measure runs its command under /usr/bin/time.)
+BAKE=(./target/release/kiln bake --rootfs ext4 --force --progress quiet --target-imgref quay.io/kiln/bench:latest)
 for i in $(seq "$ROUNDS"); do
-  measure x86_64-raw bake --type raw --output "$W/x" "$X86_REF"
-  measure arm64-raw bake --type raw --output "$W/a" "$ARM_REF"
-  measure arm64-asahi bake --type asahi --output "$W/s" "$ARM_REF"
+  measure x86_64-raw "${BAKE[@]}" --type raw --output "$W/x" "$X86_REF"
+  measure arm64-raw "${BAKE[@]}" --type raw --output "$W/a" "$ARM_REF"
+  measure arm64-asahi "${BAKE[@]}" --type asahi --output "$W/s" "$ARM_REF"
   rm -rf "$W/x" "$W/a" "$W/s"
 done
 echo "bake of the x86_64 and arm64 test images (same size) to raw disks, and of the arm64 one to an Asahi package, $ROUNDS rounds:"

@@ -289,6 +289,8 @@ impl<'a> Boot<'a> {
         let _ = fs::remove_file(&vars);
         match outcome {
             Ok(mut report) => {
+                // What each boot costs (CI time is dominated by them).
+                eprintln!("{}: {} boot reported after {}s", self.name, self.arch.describe(self.firmware), started.elapsed().as_secs());
                 report.console_log = console;
                 Ok(report)
             }
