@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         &repo,
         &commit,
         &root,
-        &ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:example/os:latest", kargs: &kargs, version: None, image: "example/os:latest" },
+        &ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:example/os:latest", kargs: &kargs, version: None, image: "example/os:latest", labels: None, selinux_state: "disabled", object_verity: None },
     )?;
     Ok(())
 }

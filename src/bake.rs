@@ -19,10 +19,11 @@ use crate::customize::{self, root::SystemRoot};
 use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
-use crate::ostree::{self, kargs, object::Kind, Repo};
+use crate::ostree::{self, kargs, object::Kind, prepare_root, Repo};
 use crate::platform::Platform;
 use crate::output::{self, Format, RawDisk};
 use crate::progress::Progress;
+use crate::selinux;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
 
 /// What the user gives besides the image, read (and checked) before anything is written.
@@ -272,7 +273,7 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, asahi: bool, progress:
     table::create_image(raw, &plan)?;
     let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
     std::fs::create_dir_all(workdir.path())?;
-    let sysroot = if ids.is_seeded() {
+    let mut sysroot = if ids.is_seeded() {
         Sysroot::create_staged(raw, &plan, workdir.path())?
     } else {
         Sysroot::create(raw, &plan, workdir.path())?
@@ -280,7 +281,8 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, asahi: bool, progress:
     stage.finish();
     interrupt::check()?;
 
-    let deployment = write_deployment(args, inputs, &image, &platform, &plan, &sysroot.root, &ids, image_disk_known, progress).map_err(explain_enospc)?;
+    let Deployed { deployment, policy, verity } =
+        write_deployment(args, inputs, &image, &platform, &plan, &sysroot, &ids, image_disk_known, progress).map_err(explain_enospc)?;
 
     let image_root = bootloader::image_files::ImageRoot::new(&deployment.dir);
     let boot_bin = m1n1.map(|m| bootloader::m1n1::assemble(&image_root, &deployment.kver, m)).transpose()?;
@@ -318,7 +320,19 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, asahi: bool, progress:
         Some(m) => Some(asahi_package(&image, &deployment.dir, &image_root, m, &plan)?),
         None => None,
     };
+    if let Some(policy) = &policy {
+        let stage = progress.stage("labels", None);
+        label_what_is_left(policy.labeler(), &sysroot, &deployment)?;
+        stage.finish();
+    }
 
+    if verity {
+        // Last: on ext4 the objects' fs-verity metadata sits past their data until the
+        // filesystem is closed, so nothing may read them after this.
+        let stage = progress.stage("verity", None);
+        sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
+        stage.finish();
+    }
     let stage = progress.stage("finish", None);
     sysroot.close()?;
     std::fs::File::open(raw)
@@ -440,7 +454,48 @@ fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Labels what the bake wrote after the deployment (the deployment's /etc and the stateroot's
+/// /var by their runtime paths, then everything else by its place in the physical root), as
+/// bootc finishes an install.
+fn label_what_is_left(labeler: &selinux::Labeler, sysroot: &Sysroot, deployment: &ostree::Deployment) -> Result<()> {
+    ostree::selabel::ensure_labelled(labeler, &deployment.dir.join("etc"), b"/etc", &[])?;
+    ostree::selabel::ensure_labelled(labeler, &deployment.var, b"/var", &[])?;
+    ostree::selabel::label_physical_root(labeler, &sysroot.root, std::slice::from_ref(&deployment.dir))?;
+    // The directories under the mounts (`/boot` on the root filesystem) are seen too.
+    for (at, dir) in sysroot.covered_dirs() {
+        let physical = Path::new("/").join(at.strip_prefix(&sysroot.root).unwrap_or(at));
+        ostree::selabel::label_fd(labeler, dir, physical.as_os_str().as_encoded_bytes())?;
+    }
+    Ok(())
+}
+
+/// The image's SELinux policy, read from its commit tree (`None`: the image has none, or the
+/// user turned labelling off).
+fn image_policy(repo: &Repo, root: &Dir, disabled: bool) -> Result<Option<selinux::Policy>> {
+    if disabled {
+        return Ok(None);
+    }
+    let read = |path: &str| match root.get_path(path) {
+        Some(Node::File(f)) => std::fs::read(repo.object_path(&f.content, Kind::File)).ok(),
+        _ => None,
+    };
+    let list = |path: &str| match root.get_path(path) {
+        Some(Node::Dir(d)) => d.entries.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect(),
+        _ => Vec::new(),
+    };
+    selinux::Policy::load(&read, &list)
+}
+
 /// Applies the image into an ostree repository on the sysroot, commits and deploys it.
+/// What writing the deployment leaves for the stages after it.
+struct Deployed {
+    deployment: ostree::Deployment,
+    /// The image's SELinux policy, when its labels were applied.
+    policy: Option<selinux::Policy>,
+    /// The boot needs fs-verity on every object.
+    verity: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_deployment(
     args: &BakeArgs,
@@ -448,17 +503,36 @@ fn write_deployment(
     image: &Image,
     platform: &Platform,
     plan: &disk::Plan,
-    sysroot: &Path,
+    target: &Sysroot,
     ids: &Ids,
     image_disk_known: bool,
     progress: &Progress,
-) -> Result<ostree::Deployment> {
+) -> Result<Deployed> {
+    let sysroot = target.root.as_path();
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
-    let merged = tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?;
+    // Files are labelled as they stream in, when the image has a policy and labels are wanted.
+    let (merged, written) = if args.disable_selinux {
+        (tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?, Default::default())
+    } else {
+        let store = ostree::selabel::StreamLabels::new(&repo);
+        let merged = tree::apply_layers(image, &Interruptible(&store), progress, "layers")?;
+        (merged, store.into_written())
+    };
     interrupt::check()?;
+    let (mut root, filtered) = ostree::convert(merged.root)?;
+    let mut layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).map(|(d, _)| d)).collect::<Result<Vec<_>>>()?;
+    let policy = image_policy(&repo, &root, args.disable_selinux)
+        .context("the image's SELinux policy cannot be used (fix it in the image, or pass --disable-selinux to bake without labels; paths are the ostree commit's, where the image's /etc is usr/etc)")?;
+    if policy.is_some() || !written.is_empty() {
+        // Every node labelled by its commit path, and the objects streamed with another label
+        // (or with one, when the final tree has no policy after all) re-keyed.
+        let stage = progress.stage("labels", None);
+        let mut trees: Vec<&mut Dir> = std::iter::once(&mut root).chain(layers.iter_mut()).collect();
+        ostree::selabel::label_commits(&repo, policy.as_ref().map(|p| p.labeler()), &written, &mut trees)?;
+        stage.finish();
+        interrupt::check()?;
+    }
     let stage = progress.stage("commit", None);
-    let (root, filtered) = ostree::convert(merged.root)?;
-    let layers = merged.layers;
     let kver = tree::kernels(&root).remove(0);
     let (origin, transport_ref) = target_reference(args.target_imgref.as_deref(), &image.source, progress)?;
     let commit = ostree::commit(
@@ -470,7 +544,7 @@ fn write_deployment(
     stage.finish();
 
     let stage = progress.stage("deploy", None);
-    let files = read_files(&repo, &root, &layout_files)?;
+    let files = read_files(&repo, &root, &|p| layout_files(p) || prepare_root::wanted(p))?;
     if !image_disk_known {
         let found = ImageDisk::from_files(&files)?;
         let user_disk = inputs.config.as_ref().is_some_and(|c| c.disk.is_some());
@@ -484,8 +558,22 @@ fn write_deployment(
     let mut all_kargs = disk::kargs(plan);
     all_kargs.extend(install.kargs);
     all_kargs.extend(kargs::kargs_d(&files, &platform.arch.kernel)?);
+    if args.disable_selinux {
+        // As bootc's --disable-selinux: the installed system is told too.
+        all_kargs.push("selinux=0".to_string());
+    }
     all_kargs.extend(inputs.config.iter().flat_map(|c| c.kernel_append.iter().cloned()));
     all_kargs.extend(args.kargs.iter().cloned());
+    // How the initramfs will mount the deployment; fs-verity on every object where required.
+    let composefs = prepare_root::at_boot(&files, &all_kargs)?;
+    let object_verity = composefs
+        .needs_verity()
+        .then(|| -> Result<_> {
+            target.check_verity().with_context(|| format!("{}, which needs fs-verity on every object", composefs.why))?;
+            repo.mark_fsverity()?;
+            ostree::composefs::object_digests(&repo, &root)
+        })
+        .transpose()?;
     let version = image.labels().get("org.opencontainers.image.version").cloned();
     let dep = ostree::deploy(
         sysroot,
@@ -498,6 +586,13 @@ fn write_deployment(
             kargs: &all_kargs,
             version: version.as_deref(),
             image: origin.split_once(':').map_or(origin.as_str(), |(_, r)| r),
+            labels: policy.as_ref().map(|p| ostree::selabel::Runtime { labeler: p.labeler() }),
+            selinux_state: match (&policy, args.disable_selinux) {
+                (Some(_), _) => "enabled",
+                (None, true) => "force-target-disabled",
+                (None, false) => "disabled",
+            },
+            object_verity: object_verity.as_ref(),
         },
     )?;
     let system = SystemRoot { deployment: dep.dir.clone(), var: sysroot.join("ostree/deploy").join(&args.stateroot).join("var") };
@@ -509,7 +604,7 @@ fn write_deployment(
             .with_context(|| format!("applying the build config {}", inputs.config.as_ref().map_or("", |c| c.source.as_str())))?;
     }
     stage.finish();
-    Ok(dep)
+    Ok(Deployed { deployment: dep, policy, verity: object_verity.is_some() })
 }
 
 /// The origin the installed system updates from and the ref's image reference:

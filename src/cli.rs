@@ -91,6 +91,10 @@ pub struct BakeArgs {
     /// Replace outputs that already exist.
     #[arg(long)]
     pub force: bool,
+    /// Leave SELinux labels off although the image has a policy, and boot with `selinux=0`
+    /// (bootc's option of the same name).
+    #[arg(long)]
+    pub disable_selinux: bool,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]

@@ -58,3 +58,21 @@ pub fn set_path(path: &Path, meta: &Meta, is_symlink: bool, mtime: Option<i64>) 
     }
     Ok(())
 }
+
+/// Copies one extended attribute (when `from` has it) from `from` to `to`, not following
+/// symlinks.
+pub fn copy_xattr(from: &Path, to: &Path, name: &[u8]) -> Result<()> {
+    let f = CString::new(from.as_os_str().as_bytes())?;
+    let t = CString::new(to.as_os_str().as_bytes())?;
+    let n = CString::new(name)?;
+    let mut buf = vec![0u8; 4096];
+    let len = unsafe { libc::lgetxattr(f.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(()),
+            _ => bail!("getxattr {}: {e}", from.display()),
+        };
+    }
+    unsafe { check(libc::lsetxattr(t.as_ptr(), n.as_ptr(), buf.as_ptr().cast(), len as usize, 0), "setxattr", to) }
+}

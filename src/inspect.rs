@@ -6,15 +6,27 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::image::{Image, OpenOptions};
+use crate::ostree::prepare_root;
 use crate::progress::Progress;
+use crate::selinux::Policy;
 use crate::tree::{self, unpack};
 
 /// What `inspect` reports, as JSON (the text form is rendered from it).
 pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Result<serde_json::Value> {
     let image = Image::open(reference, opts)?;
     image.fetch_layers(progress)?;
-    let merged = tree::apply_layers(&image, &tree::DiscardStore, progress, "read")?;
+    let merged = tree::scan::scan(&image, &|p| crate::selinux::wanted(p) || prepare_root::wanted(p), progress)?;
     let kernels = tree::kernels(&merged.root);
+    // What kiln cannot read is reported, not fatal: inspect is where people look first.
+    let selinux = match Policy::from_files(&merged.files) {
+        Ok(Some(p)) => json!({"policy": p.name(), "mode": p.mode(), "specs": p.labeler().spec_count(), "dir": p.dir()}),
+        Ok(None) => serde_json::Value::Null,
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
+    let composefs = match prepare_root::read(&merged.files) {
+        Ok(c) => json!({"enabled": c.enabled.as_str(), "from": c.origin}),
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
     let label = image.bootable_label();
     let layers: Vec<_> = image
         .layers
@@ -32,6 +44,8 @@ pub fn inspect(reference: &str, opts: &OpenOptions, progress: &Progress) -> Resu
         "kernels": kernels,
         "bootable": label.is_some() && !kernels.is_empty(),
         "bootableBecause": label.map(|l| format!("label {l}")),
+        "selinux": selinux,
+        "composefs": composefs,
     }))
 }
 
@@ -47,6 +61,25 @@ pub fn print_inspect(v: &serde_json::Value) {
         _ => "no (no kernel)".to_string(),
     };
     println!("Bootable:     {bootable}");
+    let se = &v["selinux"];
+    let selinux = match (se["policy"].as_str(), se["error"].as_str()) {
+        (Some(name), _) => format!(
+            "{name} ({}, {} file context specs in /{})",
+            se["mode"].as_str().unwrap_or(""),
+            se["specs"].as_u64().unwrap_or(0),
+            se["dir"].as_str().unwrap_or("")
+        ),
+        (None, Some(e)) => format!("cannot be read: {e}"),
+        _ => "none (no SELinux config, or SELinux disabled: files are not labelled)".to_string(),
+    };
+    println!("SELinux:      {selinux}");
+    let composefs = &v["composefs"];
+    match (composefs["enabled"].as_str(), composefs["from"].as_str(), composefs["error"].as_str()) {
+        (Some(mode), Some(from), _) => println!("Composefs:    {mode} ({from})"),
+        (Some(mode), None, _) => println!("Composefs:    {mode} (no [composefs] enabled in ostree/prepare-root.conf)"),
+        (_, _, Some(e)) => println!("Composefs:    unreadable: {e}"),
+        _ => {}
+    }
     println!("Labels:");
     if let Some(labels) = v["labels"].as_object() {
         for (k, val) in labels {

@@ -5,12 +5,14 @@
 
 pub mod bake;
 pub mod bootloader;
+pub mod composefs;
 pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod customize;
 pub mod disk;
 pub mod fsmeta;
+pub mod fsverity;
 pub mod interrupt;
 pub mod image;
 pub mod inspect;
@@ -18,4 +20,5 @@ pub mod ostree;
 pub mod output;
 pub mod platform;
 pub mod progress;
+pub mod selinux;
 pub mod tree;

@@ -5,21 +5,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::boot::{Boot, Firmware};
 use common::gpt::{on_partition, partitions, Part};
 use common::oci::{write_layout, LayerBlob, RawTar};
-use common::{run, test_image, Scratch};
+use common::{bake_fails, kiln, run, test_image, tiny_image, Scratch};
 use serde_json::json;
 
 fn image_ref() -> String {
     format!("oci:{}:latest", test_image().join("oci").display())
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
 }
 
 /// Bakes the test image into `<scratch>/out`; returns the raw disk's path.
@@ -82,7 +78,7 @@ fn ext4_root_boots_uefi_and_bios() {
     let raw = bake(&s, &["--rootfs", "ext4", "--karg", "kiln.test.cli=1"]);
     check_disk(&raw, "ext4", "default");
     boots_everywhere("bake-ext4", &raw);
-    no_leftovers(s.path());
+    common::assert_no_leftovers(s.path());
 }
 
 #[test]
@@ -112,48 +108,6 @@ fn bootc_layout_with_the_images_rootfs_boots() {
 }
 
 // ---- bad input and faults: a clear error and nothing left behind ----
-
-/// No loop device backed by a file under `dir`, no mount under it.
-fn no_leftovers(dir: &Path) {
-    assert_eq!(common::loops_under(dir), Vec::<String>::new(), "loop devices left behind");
-    assert_eq!(common::mounts_under(dir), Vec::<String>::new(), "mounts left behind");
-}
-
-/// Nothing under `out` but empty directories.
-fn no_partial_output(out: &Path) {
-    if !out.exists() {
-        return;
-    }
-    let files: Vec<_> = walk(out).into_iter().filter(|p| !p.is_dir()).collect();
-    assert!(files.is_empty(), "partial output left behind: {files:?}");
-}
-
-fn walk(p: &Path) -> Vec<PathBuf> {
-    let mut v = vec![p.to_path_buf()];
-    if p.is_dir() && !p.is_symlink() {
-        for e in std::fs::read_dir(p).unwrap() {
-            v.extend(walk(&e.unwrap().path()));
-        }
-    }
-    v
-}
-
-fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> String {
-    let out = s.path().join("out");
-    let mut args = vec!["bake", "--type", "raw", "--output", out.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args.push(image);
-    let o = kiln(&args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "bake succeeded but should have failed");
-    assert!(!err.contains("panicked"), "{err}");
-    for e in expect {
-        assert!(err.contains(e), "error lacks {e:?}:\n{err}");
-    }
-    no_partial_output(&out);
-    no_leftovers(s.path());
-    err
-}
 
 #[test]
 fn an_image_without_a_kernel_is_refused() {
@@ -192,7 +146,7 @@ fn an_existing_output_is_kept_unless_forced() {
     let o = kiln(&["bake", "--type", "raw", "--rootfs", "ext4", "--force", "--output", s.path().join("out").to_str().unwrap(), &image_ref()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::metadata(&raw).unwrap().len() > 1 << 30);
-    no_leftovers(s.path());
+    common::assert_no_leftovers(s.path());
 }
 
 #[test]
@@ -205,7 +159,7 @@ fn an_unwritable_output_directory_is_refused() {
     let _ = Command::new("umount").arg(&out).status();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains(&out.display().to_string()), "{err}");
-    no_leftovers(s.path());
+    common::assert_no_leftovers(s.path());
 }
 
 #[test]
@@ -230,7 +184,7 @@ fn an_output_disk_that_fills_up_is_a_clear_error() {
         let image = image_ref();
         args.push(&image);
         let o = kiln(&args);
-        let leftovers = walk(&out).into_iter().filter(|p| !p.is_dir()).collect::<Vec<_>>();
+        let leftovers = common::files_under(&out);
         let loops = common::loops_under(&out);
         let mounts = common::mounts_under(&out);
         let _ = Command::new("umount").arg(&out).status();
@@ -276,8 +230,8 @@ fn sigint_and_sigterm_mid_bake_clean_up() {
         assert!(!status.success(), "bake finished despite the signal");
         assert!(err.contains(name), "no {name} message:\n{err}");
         assert!(started.elapsed() < Duration::from_secs(120));
-        no_partial_output(&out);
-        no_leftovers(s.path());
+        common::assert_no_partial_output(&out);
+        common::assert_no_leftovers(s.path());
     }
 }
 
@@ -295,23 +249,7 @@ fn qcow2_and_vmdk_outputs_boot() {
         println!("{} {fw}:\n{report}", path.display());
         report.assert_outcome(&[]);
     }
-    no_leftovers(s.path());
-}
-
-/// A bootable-looking image with the given extra files, for the ostree stage's bad input.
-fn tiny_image(s: &Scratch, files: &[(&str, &str)]) -> String {
-    let mut t = RawTar::default()
-        .dir("usr/")
-        .dir("usr/lib/")
-        .file("usr/lib/os-release", "PRETTY_NAME=\"Tiny\"\n")
-        .dir("usr/lib/modules/")
-        .dir("usr/lib/modules/6.1.0-a/")
-        .file("usr/lib/modules/6.1.0-a/vmlinuz", "kernel")
-        .file("usr/lib/modules/6.1.0-a/initramfs.img", "initramfs");
-    for (path, content) in files {
-        t = t.file(path, content);
-    }
-    write_layout(&s.path().join("layout"), &[LayerBlob { tar: t.finish(), gzip: true }], json!({"containers.bootc": "1"}), "amd64")
+    common::assert_no_leftovers(s.path());
 }
 
 #[test]

@@ -92,7 +92,8 @@ fn test_image_commit_and_deployment_satisfy_ostree() {
     let (root, filtered) = ostree::convert(merged.root).unwrap();
     let kver = tree::kernels(&root).remove(0);
     let target = "docker://quay.io/kiln/test:latest";
-    let commit = ostree::commit(&repo, &root, merged.layers, &ostree::CommitInfo { image: &image, target_transport_ref: target, filtered: &filtered, kernel: &kver }).unwrap();
+    let layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).unwrap().0).collect();
+    let commit = ostree::commit(&repo, &root, layers, &ostree::CommitInfo { image: &image, target_transport_ref: target, filtered: &filtered, kernel: &kver }).unwrap();
     let kargs = vec!["root=UUID=1234".to_string(), "rw".to_string()];
     let dep = ostree::deploy(
         &sysroot,
@@ -105,6 +106,9 @@ fn test_image_commit_and_deployment_satisfy_ostree() {
             kargs: &kargs,
             version: Some("12.kiln-test.1"),
             image: "quay.io/kiln/test:latest",
+            labels: None,
+            selinux_state: "disabled",
+            object_verity: None,
         },
     )
     .unwrap();
@@ -168,7 +172,7 @@ fn a_sysroot_with_a_deployment_is_refused() {
     let (root, _) = ostree::convert(tree::from_dir::from_dir(&input, &repo).unwrap()).unwrap();
     let (tree, meta) = ostree::commit::write_tree(&repo, &root, "", &mut HashSet::new()).unwrap();
     let commit = repo.write_metadata(object::Kind::Commit, &object::commit(ostree::gvariant::dict_sv(vec![]), 0, &tree, &meta)).unwrap();
-    let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &[], version: None, image: "x/y:z" };
+    let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &[], version: None, image: "x/y:z", labels: None, selinux_state: "disabled", object_verity: None };
     ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap();
     let err = ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap_err().to_string();
     assert!(err.contains("already holds a deployment") && err.contains("--stateroot"), "{err}");
@@ -207,7 +211,7 @@ fn device_trees_are_deployed_as_ostree_deploys_them() {
         let (tree_csum, meta) = ostree::commit::write_tree(&repo, &root, "", &mut HashSet::new()).unwrap();
         let commit = repo.write_metadata(object::Kind::Commit, &object::commit(ostree::gvariant::dict_sv(vec![]), 0, &tree_csum, &meta)).unwrap();
         let kargs = vec!["root=UUID=1234".to_string()];
-        let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &kargs, version: None, image: "x/y:z" };
+        let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &kargs, version: None, image: "x/y:z", labels: None, selinux_state: "disabled", object_verity: None };
         let dep = ostree::deploy(&ours, &repo, &commit, &root, &opts).unwrap();
 
         let theirs = s.path().join("ostree");

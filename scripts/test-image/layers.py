@@ -143,6 +143,10 @@ def layer2(flavor, rootfs):
     l.file("usr/lib/bootc/kargs.d/20-other-arch.toml", bootc_file("20-other-arch.toml", arch))
     if flavor == "sid":
         l.file("usr/lib/bootc/kargs.d/30-selinux.toml", open(f"{HERE}/bootc/30-selinux.toml").read())
+        l.file("usr/lib/bootc/kargs.d/40-emulation.toml", open(f"{HERE}/bootc/40-emulation.toml").read())
+        # The policy knows /root, /home…; a bootc image keeps them in /var, as Fedora's policy
+        # says with the same aliases. A policy file from a layer above the policy's own.
+        l.file("etc/selinux/default/contexts/files/file_contexts.subs", open(f"{HERE}/bootc/file_contexts.subs").read())
     if arch == "arm64":
         (kver,) = os.listdir(f"{rootfs}/usr/lib/modules")
         modules = f"usr/lib/modules/{kver}"

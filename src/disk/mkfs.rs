@@ -131,13 +131,20 @@ pub fn settle_ext4(device: &Path, immutable: &[String]) -> Result<()> {
     for path in immutable {
         cmds += &format!("sif \"{path}\" flags 0x80010\n");
     }
-    let script = std::env::temp_dir().join(format!("kiln-debugfs-{}", std::process::id()));
-    std::fs::write(&script, cmds)?;
-    let out = Command::new("debugfs").arg("-w").arg("-f").arg(&script).arg(device).env("E2FSPROGS_FAKE_TIME", "1").output();
-    let _ = std::fs::remove_file(&script);
-    let out = out.context("cannot run debugfs")?;
-    if !out.status.success() {
-        bail!("debugfs on {} failed: {}", device.display(), String::from_utf8_lossy(&out.stderr).trim());
+    debugfs(device, &cmds)
+}
+
+/// Runs a debugfs script writing to the unmounted ext4 on `device`.
+pub fn debugfs(device: &Path, script: &str) -> Result<()> {
+    let file = std::env::temp_dir().join(format!("kiln-debugfs-{}", std::process::id()));
+    std::fs::write(&file, script)?;
+    let out = Command::new("debugfs").arg("-w").arg("-f").arg(&file).arg(device).env("E2FSPROGS_FAKE_TIME", "1").output();
+    let _ = std::fs::remove_file(&file);
+    let out = out.context("cannot run debugfs (e2fsprogs)")?;
+    // debugfs reports a failed command on stderr and still exits 0.
+    let errors: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| !l.starts_with("debugfs ")).collect();
+    if !out.status.success() || !errors.is_empty() {
+        bail!("debugfs on {} failed: {}", device.display(), errors.join("; "));
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod mkfs;
 pub mod mounts;
 pub mod sysroot;
 pub mod table;
+pub mod verity;
 
 pub use ids::Ids;
 pub use layout::{plan, Layout, Partition, Plan, Role, MIB};

@@ -13,6 +13,7 @@ use sys_mount::{Mount, UnmountFlags};
 use super::layout::{Partition, Plan, Role};
 use super::loopdev::LoopDevice;
 use super::mkfs;
+use super::verity::{self, Ext4Fixup};
 
 pub struct Sysroot {
     /// Where the root filesystem is mounted (or staged).
@@ -21,10 +22,17 @@ pub struct Sysroot {
     mounts: Vec<PathBuf>,
     /// Kept open until after the unmounts.
     loops: Vec<LoopDevice>,
+    /// The directories the mounts cover (not the root's own), opened before mounting: their
+    /// metadata can still be set once they are hidden (a mount point needs its SELinux label).
+    covered: Vec<(PathBuf, std::fs::File)>,
     /// Set when the filesystems are staged in directories and made at the end.
     staged: Option<Staged>,
     /// The plan's filesystems are for 4 KiB logical sectors.
     sector_4k: bool,
+    /// The root filesystem's type.
+    root_fs: String,
+    /// fs-verity still to be finished on the root filesystem once unmounted (ext4).
+    verity: Vec<Ext4Fixup>,
 }
 
 /// The reproducible way (`--seed`): the sysroot is written to plain directories, and the
@@ -44,7 +52,8 @@ impl Sysroot {
         // Data partitions first: mkfs.btrfs refuses a loop device whose backing file has
         // another loop device mounted (the root's), whatever the offsets.
         format_data(image, plan, workdir)?;
-        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None, sector_4k: plan.sector_4k };
+        let root_fs = plan.root().filesystem.clone().unwrap_or_default();
+        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None, covered: Vec::new(), root_fs, verity: Vec::new(), sector_4k: plan.sector_4k };
         s.attach_format_mount(image, plan.root(), workdir)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
@@ -72,8 +81,11 @@ impl Sysroot {
             root,
             mounts: Vec::new(),
             loops: Vec::new(),
+            covered: Vec::new(),
             staged: Some(Staged { image: image.to_path_buf(), plan: plan.clone(), workdir: workdir.to_path_buf() }),
             sector_4k: plan.sector_4k,
+            root_fs: "ext4".to_string(),
+            verity: Vec::new(),
         })
     }
 
@@ -82,6 +94,10 @@ impl Sysroot {
         let dev = LoopDevice::attach(image, part.offset, part.size)?;
         mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None, self.sector_4k)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
+        if at != self.root {
+            let dir = std::fs::File::open(at).with_context(|| format!("cannot open {}", at.display()))?;
+            self.covered.push((at.to_path_buf(), dir));
+        }
         Mount::builder()
             .fstype(fs)
             .data(mkfs::mount_options(fs))
@@ -92,12 +108,31 @@ impl Sysroot {
         Ok(())
     }
 
+    /// The mount points below the root (where, and the directory the mount hides).
+    pub fn covered_dirs(&self) -> impl Iterator<Item = (&Path, &std::fs::File)> {
+        self.covered.iter().map(|(p, f)| (p.as_path(), f))
+    }
+
+    /// Fails early, with the remedy, when fs-verity cannot be written on the root filesystem.
+    pub fn check_verity(&self) -> Result<()> {
+        verity::check_supported(&self.root_fs, &self.root, self.staged.is_some())
+    }
+
+    /// Makes `files` (under [`Sysroot::root`]) verity files. Their content must not be read
+    /// through the filesystem afterwards: on ext4 the metadata sits past their data until the
+    /// sysroot is closed.
+    pub fn enable_verity(&mut self, files: &[PathBuf]) -> Result<()> {
+        let fixups = verity::enable(&self.root_fs, &self.root, files, self.staged.is_some())?;
+        self.verity.extend(fixups);
+        Ok(())
+    }
+
     /// Unmounts everything (flushing the filesystems) and detaches the loop devices,
     /// reporting a failure to unmount.
     pub fn close(mut self) -> Result<()> {
         match self.staged.take() {
             Some(st) => {
-                let result = st.make_filesystems(&self.root);
+                let result = st.make_filesystems(&self.root, &self.verity);
                 st.remove();
                 result
             }
@@ -106,6 +141,8 @@ impl Sysroot {
     }
 
     fn unmount_all(&mut self, lazy: bool) -> Result<()> {
+        // Open directories would keep the root filesystem busy.
+        self.covered.clear();
         let mut first_err = None;
         // Flush first and look at the result: a write the backing file could not take (its
         // disk full) only shows here, and unmounting would hide it.
@@ -124,6 +161,14 @@ impl Sysroot {
             }
         }
         if !lazy {
+            // The root's loop device is the first: finish its fs-verity now it is unmounted.
+            if first_err.is_none() {
+                if let Some(root) = self.loops.first() {
+                    if let Err(e) = verity::finish_ext4(&root.path, &std::mem::take(&mut self.verity)) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
             for l in &self.loops {
                 if let Err(e) = l.flush() {
                     first_err.get_or_insert(e);
@@ -221,7 +266,7 @@ fn settle_mtimes(dir: &Path) -> Result<()> {
 }
 
 impl Staged {
-    fn make_filesystems(&self, root: &Path) -> Result<()> {
+    fn make_filesystems(&self, root: &Path, verity: &[Ext4Fixup]) -> Result<()> {
         // Deployment roots are immutable (as ostree leaves them): cleared for the copy, set
         // again in the new filesystem.
         let mut immutable = Vec::new();
@@ -234,6 +279,8 @@ impl Staged {
             let boot_dir = self.workdir.join("boot");
             std::fs::rename(root.join("boot"), &boot_dir)?;
             std::fs::create_dir(root.join("boot"))?;
+            // The mount point keeps the label the directory had.
+            crate::fsmeta::copy_xattr(&boot_dir, &root.join("boot"), b"security.selinux")?;
             parts.push((boot.clone(), boot_dir, Vec::new()));
         }
         // Modification times kiln did not set (directories written into, the repository's
@@ -247,6 +294,9 @@ impl Staged {
             mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir), self.plan.sector_4k)
                 .with_context(|| format!("making the filesystem of partition {}", part.name))?;
             mkfs::settle_ext4(&dev.path, &immutable)?;
+            if part.role == Role::Root {
+                verity::finish_ext4(&dev.path, verity)?;
+            }
             dev.flush()?;
         }
         Ok(())

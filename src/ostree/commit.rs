@@ -136,7 +136,8 @@ pub struct CommitInfo<'a> {
     pub kernel: &'a str,
 }
 
-/// Writes, as ostree-ext's import leaves an image: a commit of each layer's own tree under
+/// Writes, as ostree-ext's import leaves an image: a commit of each layer's own tree (converted
+/// with [`filter`]) under
 /// `ostree/container/blob/<digest>` (bootc looks them up, and upgrades reuse them) and the
 /// commit of the converted merged tree under `ostree/container/image/<ref>`. Content objects
 /// no commit uses are removed. Returns the merged commit's checksum.
@@ -147,7 +148,6 @@ pub fn commit(repo: &Repo, root: &Dir, layers: Vec<Dir>, info: &CommitInfo) -> R
     let timestamp = image_timestamp(image);
     let importer = || ("ostree.importer.version", Val::Str(format!("kiln {}", env!("CARGO_PKG_VERSION"))));
     for (layer, own) in image.layers.iter().zip(layers) {
-        let (own, _) = filter(own)?;
         let (tree, meta) = write_tree(repo, &own, "", &mut used)?;
         let c = repo.write_metadata(Kind::Commit, &object::commit(dict_sv(vec![importer()]), timestamp, &tree, &meta))?;
         repo.set_ref(&refescape::prefix_escape_for_ref("ostree/container/blob", &layer.descriptor.digest)?, &c)?;

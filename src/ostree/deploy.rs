@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::object::{hex, Checksum, Kind};
+use super::object::{hex, Checksum, Kind, S_IFDIR, S_IFLNK, S_IFREG};
 use super::repo::Repo;
+use super::selabel::Runtime;
 use crate::fsmeta;
 use crate::tree::{Dir, Meta, Node};
 
@@ -38,6 +39,14 @@ pub struct DeployOptions<'a> {
     pub version: Option<&'a str>,
     /// The image reference recorded in `/.bootc-aleph.json`.
     pub image: &'a str,
+    /// The image's SELinux labels, when it has a policy: `/etc` and `/var` get them by their
+    /// runtime paths.
+    pub labels: Option<Runtime<'a>>,
+    /// What `/.bootc-aleph.json` says of SELinux, in bootc's words (`enabled`, `disabled`,
+    /// `force-target-disabled`).
+    pub selinux_state: &'a str,
+    /// The objects' fs-verity digests, carried in `.ostree.cfs` (when they have fs-verity).
+    pub object_verity: Option<&'a super::composefs::ObjectVerity>,
 }
 
 /// A written deployment.
@@ -45,6 +54,8 @@ pub struct DeployOptions<'a> {
 pub struct Deployment {
     /// The checked-out tree.
     pub dir: PathBuf,
+    /// The stateroot's `/var`.
+    pub var: PathBuf,
     pub kver: String,
     pub bootcsum: String,
     pub entry: BootEntry,
@@ -155,21 +166,27 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
 
     // The checkout: every file a hardlink to its object.
     fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_tree(repo, root, &dir, Place::Link)?;
+    write_tree(repo, root, &dir, Place::Link, &mut Vec::new())?;
     fsmeta::set_path(&dir, &root.meta, false, Some(0))?;
 
-    // /etc: a copy of /usr/etc that the admin may edit.
-    if let Some(Node::Dir(usr_etc)) = root.get_path("usr/etc") {
-        let etc = dir.join("etc");
-        fs::create_dir(&etc)?;
-        write_tree(repo, usr_etc, &etc, Place::Copy)?;
-        fsmeta::set_path(&etc, &usr_etc.meta, false, Some(0))?;
+    // /etc: a copy of /usr/etc that the admin may edit; /var: the stateroot's starts as a copy
+    // of the image's. Both labelled by their paths on the running system, as ostree does.
+    let state_var = stateroot_dir.join("var");
+    for (from, to, runtime) in [("usr/etc", dir.join("etc"), "/etc"), ("var", state_var.clone(), "/var")] {
+        let Some(Node::Dir(tree)) = root.get_path(from) else { continue };
+        if !to.exists() {
+            fs::create_dir(&to)?;
+        }
+        write_tree(repo, tree, &to, Place::Copy(opts.labels), &mut runtime.as_bytes().to_vec())?;
+        fsmeta::set_path(&to, &place_meta(&opts.labels, runtime.as_bytes(), S_IFDIR, &tree.meta), false, Some(0))?;
     }
-    // The stateroot's /var starts as a copy of the image's.
-    if let Some(Node::Dir(var)) = root.get_path("var") {
-        let state_var = stateroot_dir.join("var");
-        write_tree(repo, var, &state_var, Place::Copy)?;
-        fsmeta::set_path(&state_var, &var.meta, false, Some(0))?;
+    if let Some(labels) = opts.labels {
+        // ostree's mark that /var was labelled (else a later deploy relabels it all).
+        let stamp = state_var.join(".ostree-selabeled");
+        write_file(&stamp, b"")?;
+        if let Some(v) = labels.value(b"/var/.ostree-selabeled", S_IFREG | 0o644) {
+            super::selabel::set(&stamp, &v)?;
+        }
     }
     write_file(&deploy_root.join(format!("{name}.origin")), format!("[origin]\ncontainer-image-reference={}\n", opts.origin).as_bytes())?;
 
@@ -244,13 +261,20 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
         "version": opts.version,
         "timestamp": serde_json::Value::Null,
         "kernel": kver,
-        "selinux": "disabled",
+        "selinux": opts.selinux_state,
     });
     write_file(&sysroot.join(".bootc-aleph.json"), serde_json::to_string(&aleph)?.as_bytes())?;
+    // What ostree ≥ 2025.1 writes into every deployment, and prepare-root mounts as / when
+    // the initramfs enables composefs.
+    super::composefs::write_image(&dir, root, opts.object_verity)?;
+    if let Some(v) = opts.labels.and_then(|l| l.value(b"/usr", S_IFREG | 0o644)) {
+        // As bootc labels it: like /usr.
+        super::selabel::set(&dir.join(super::composefs::IMAGE_NAME), &v)?;
+    }
     // ostree makes a deployment's root immutable, so that nothing but ostree adds or removes
     // entries at the top of the booted system.
     set_immutable(&dir, true)?;
-    Ok(Deployment { dir, kver, bootcsum, entry })
+    Ok(Deployment { dir, var: state_var, kver, bootcsum, entry })
 }
 
 const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
@@ -276,41 +300,59 @@ pub fn set_immutable(dir: &Path, on: bool) -> Result<()> {
 
 /// How a tree's files land in the sysroot.
 #[derive(Clone, Copy)]
-enum Place {
+enum Place<'a> {
     /// Hardlinks to their repository objects: the deployment's read-only checkout.
     Link,
-    /// New files with the objects' bytes: /etc and /var, which the running system changes.
-    Copy,
+    /// New files with the objects' bytes: /etc and /var, which the running system changes;
+    /// relabelled (when the image has a policy) for where they are on the running system.
+    Copy(Option<Runtime<'a>>),
+}
+
+/// `meta` as a copy at runtime path `path` carries it: relabelled when there are labels.
+fn place_meta(labels: &Option<Runtime>, path: &[u8], ftype: u32, meta: &Meta) -> Meta {
+    match labels {
+        Some(l) => l.meta(path, ftype, meta),
+        None => meta.clone(),
+    }
 }
 
 /// Writes `dir` into `dest` (existing), directories with their metadata and, like ostree's
-/// checkouts, every mtime 0.
-fn write_tree(repo: &Repo, dir: &Dir, dest: &Path, place: Place) -> Result<()> {
+/// checkouts, every mtime 0. `path` is `dest`'s path on the running system (for labels).
+fn write_tree(repo: &Repo, dir: &Dir, dest: &Path, place: Place, path: &mut Vec<u8>) -> Result<()> {
     for (name, node) in &dir.entries {
         let p = dest.join(std::ffi::OsStr::from_bytes(name));
+        let len = path.len();
+        path.push(b'/');
+        path.extend_from_slice(name);
         match (node, place) {
             (Node::Dir(d), _) => {
                 fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
-                write_tree(repo, d, &p, place)?;
-                fsmeta::set_path(&p, &d.meta, false, Some(0))?;
+                write_tree(repo, d, &p, place, path)?;
+                let meta = match place {
+                    Place::Copy(labels) => place_meta(&labels, path, S_IFDIR, &d.meta),
+                    Place::Link => d.meta.clone(),
+                };
+                fsmeta::set_path(&p, &meta, false, Some(0))?;
             }
             (Node::File(f), Place::Link) => link(&repo.object_path(&f.content, Kind::File), &p)?,
             (Node::Symlink(s), Place::Link) => {
                 let target = std::str::from_utf8(&s.target)?;
                 link(&repo.object_path(&repo.write_symlink(&s.meta, target)?, Kind::File), &p)?
             }
-            (Node::File(f), Place::Copy) => {
+            (Node::File(f), Place::Copy(labels)) => {
                 let mut out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p)
                     .with_context(|| format!("cannot create {}", p.display()))?;
                 std::io::copy(&mut fs::File::open(repo.object_path(&f.content, Kind::File))?, &mut out)
                     .with_context(|| format!("writing {}", p.display()))?;
-                fsmeta::set_fd(&out, &f.meta, Some(0))?;
+                fsmeta::set_fd(&out, &place_meta(&labels, path, S_IFREG, &f.meta), Some(0))?;
             }
-            (Node::Symlink(s), Place::Copy) => {
+            (Node::Symlink(s), Place::Copy(labels)) => {
                 symlink(std::ffi::OsStr::from_bytes(&s.target), &p)?;
-                fsmeta::set_path(&p, &Meta { mode: 0o777, ..s.meta.clone() }, true, Some(0))?;
+                let meta = Meta { mode: 0o777, ..place_meta(&labels, path, S_IFLNK, &s.meta) };
+                fsmeta::set_path(&p, &meta, true, Some(0))?;
             }
         }
+        path.truncate(len);
     }
     Ok(())
 }

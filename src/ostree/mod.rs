@@ -3,12 +3,15 @@
 //! and `bootc` from what `bootc install` writes.
 
 pub mod commit;
+pub mod composefs;
 pub mod deploy;
 pub mod gvariant;
 pub mod kargs;
 pub mod object;
+pub mod prepare_root;
 pub mod refescape;
 pub mod repo;
+pub mod selabel;
 
 pub use commit::{commit, convert, CommitInfo};
 pub use deploy::{deploy, BootEntry, DeployOptions, Deployment};

@@ -104,11 +104,61 @@ impl Repo {
         Ok(c)
     }
 
+    /// Marks the repository as bootc marks one whose objects have fs-verity
+    /// (`[ex-integrity] fsverity=true`): ostree then gives new objects fs-verity too.
+    pub fn mark_fsverity(&self) -> Result<()> {
+        let p = self.path.join("config");
+        let mut f = fs::OpenOptions::new().append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+        f.write_all(b"\n[ex-integrity]\nfsverity=true\n").with_context(|| format!("cannot write {}", p.display()))
+    }
+
     /// Points `refs/heads/<name>` at `commit`.
     pub fn set_ref(&self, name: &str, commit: &Checksum) -> Result<()> {
         let p = self.path.join("refs/heads").join(name);
         fs::create_dir_all(p.parent().unwrap())?;
         fs::write(&p, format!("{}\n", hex(commit))).with_context(|| format!("cannot write ref {}", p.display()))
+    }
+
+    /// Moves content object `old` to `new` (the same bytes, now with the SELinux label `label`):
+    /// the label is set on the object's own inode, which is then renamed. When `new` exists
+    /// already, `old` just goes.
+    pub fn relabel_object(&self, old: &Checksum, new: &Checksum, label: Option<&[u8]>) -> Result<()> {
+        let from = self.object_path(old, Kind::File);
+        if let Some(v) = label {
+            super::selabel::set(&from, v)?;
+        }
+        let to = self.object_path(new, Kind::File);
+        if fs::symlink_metadata(&to).is_ok() {
+            fs::remove_file(&from).with_context(|| format!("removing {}", from.display()))?;
+        } else {
+            fs::rename(&from, &to).with_context(|| format!("cannot store object {}", to.display()))?;
+        }
+        let mut created = self.created.lock().unwrap();
+        if created.remove(old) {
+            created.insert(*new);
+        }
+        Ok(())
+    }
+
+    /// Writes content object `new`: the bytes of object `old` with metadata `meta`.
+    pub fn copy_object(&self, old: &Checksum, new: &Checksum, meta: &Meta) -> Result<()> {
+        let to = self.object_path(new, Kind::File);
+        if fs::symlink_metadata(&to).is_ok() {
+            return Ok(());
+        }
+        let tmp = self.tmp_path();
+        let mut out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let result = io::copy(&mut fs::File::open(self.object_path(old, Kind::File))?, &mut out)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| fsmeta::set_fd(&out, meta, Some(0)));
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing object {}", to.display()));
+        }
+        self.commit_tmp(&tmp, new, Kind::File)?;
+        self.created.lock().unwrap().insert(*new);
+        Ok(())
     }
 
     /// Removes the content objects this run wrote that `keep` does not name: files that later

@@ -184,6 +184,23 @@ impl<'a> Boot<'a> {
 
     /// Boots the image and waits for the probe's report (or the timeout).
     pub fn run(&self) -> Result<ProbeReport, BootError> {
+        match self.boot(None)? {
+            Outcome::Report(r) => Ok(r),
+            Outcome::Console(_) => unreachable!("no console text was awaited"),
+        }
+    }
+
+    /// Boots the image and waits until its serial console shows `text`, for a boot that is
+    /// meant to stop on the way (in the initramfs, say); returns the console's last lines.
+    /// A probe report (the system came up) or the timeout is an error.
+    pub fn until_console(&self, text: &str) -> Result<String, BootError> {
+        match self.boot(Some(text))? {
+            Outcome::Console(tail) => Ok(tail),
+            Outcome::Report(r) => Err(BootError(format!("{} boot of {}: the system came up instead of showing {text:?}:\n{r}", self.arch.describe(self.firmware), self.image.display()))),
+        }
+    }
+
+    fn boot(&self, console_text: Option<&str>) -> Result<Outcome, BootError> {
         let err = |m: String| BootError(format!("{} boot of {}: {m}", self.arch.describe(self.firmware), self.image.display()));
         fs::create_dir_all(&self.log_dir).map_err(|e| err(format!("log dir: {e}")))?;
         let fw = match self.firmware {
@@ -254,13 +271,18 @@ impl<'a> Boot<'a> {
         let started = Instant::now();
         let outcome = loop {
             if let Some(report) = parse_report(&read_lossy(&probe)) {
-                break Ok(report);
+                break Ok(Outcome::Report(report));
+            }
+            if let Some(text) = console_text {
+                if strip_escapes(&read_lossy(&console)).contains(text) {
+                    break Ok(Outcome::Console(tail(&console, 40)));
+                }
             }
             match vm.0.try_wait() {
                 Ok(Some(status)) => {
                     // The probe writes its report before powering off; read it once more.
                     if let Some(r) = parse_report(&read_lossy(&probe)) {
-                        break Ok(r);
+                        break Ok(Outcome::Report(r));
                     }
                     let mut stderr = String::new();
                     if let Some(mut e) = vm.0.stderr.take() {
@@ -279,7 +301,7 @@ impl<'a> Boot<'a> {
         };
         // Give the guest a moment to power off by itself, then stop it.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while outcome.is_ok() && Instant::now() < deadline {
+        while matches!(outcome, Ok(Outcome::Report(_))) && Instant::now() < deadline {
             if matches!(vm.0.try_wait(), Ok(Some(_))) {
                 break;
             }
@@ -288,12 +310,13 @@ impl<'a> Boot<'a> {
         drop(vm);
         let _ = fs::remove_file(&vars);
         match outcome {
-            Ok(mut report) => {
+            Ok(Outcome::Report(mut report)) => {
                 // What each boot costs (CI time is dominated by them).
                 eprintln!("{}: {} boot reported after {}s", self.name, self.arch.describe(self.firmware), started.elapsed().as_secs());
                 report.console_log = console;
-                Ok(report)
+                Ok(Outcome::Report(report))
             }
+            Ok(console) => Ok(console),
             Err(m) => Err(err(format!(
                 "{m}\n--- last lines of the serial console ({}) ---\n{}",
                 console.display(),
@@ -301,6 +324,12 @@ impl<'a> Boot<'a> {
             ))),
         }
     }
+}
+
+enum Outcome {
+    Report(ProbeReport),
+    /// The awaited console text appeared; the console's last lines.
+    Console(String),
 }
 
 /// Parses the probe's report (format version 1, see scripts/test-image/probe/kiln-probe).

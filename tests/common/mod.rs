@@ -154,6 +154,87 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Runs the kiln binary under test.
+pub fn kiln(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
+}
+
+/// No loop device backed by a file under `dir`, no mount under it.
+pub fn assert_no_leftovers(dir: &Path) {
+    assert_eq!(loops_under(dir), Vec::<String>::new(), "loop devices left behind");
+    assert_eq!(mounts_under(dir), Vec::<String>::new(), "mounts left behind");
+}
+
+/// Everything under `dir` that is not a directory.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        if p.is_dir() && !p.is_symlink() {
+            for e in std::fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), out);
+            }
+        } else {
+            out.push(p.to_path_buf());
+        }
+    }
+    let mut v = Vec::new();
+    if dir.exists() {
+        walk(dir, &mut v);
+    }
+    v
+}
+
+/// Nothing under `out` but empty directories.
+pub fn assert_no_partial_output(out: &Path) {
+    let files = files_under(out);
+    assert!(files.is_empty(), "partial output left behind: {files:?}");
+}
+
+/// Runs `kiln bake --type raw` into `<scratch>/out`, which must fail with an error holding
+/// every string of `expect` and leave nothing behind; returns the error.
+pub fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> String {
+    let out = s.path().join("out");
+    let mut args = vec!["bake", "--type", "raw", "--output", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(image);
+    let o = kiln(&args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "bake succeeded but should have failed");
+    assert!(!err.contains("panicked"), "{err}");
+    for e in expect {
+        assert!(err.contains(e), "error lacks {e:?}:\n{err}");
+    }
+    assert_no_partial_output(&out);
+    assert_no_leftovers(s.path());
+    err
+}
+
+/// Bakes `image` with `kiln bake --type raw` into `<scratch>/out`; returns the raw disk.
+pub fn bake_raw(s: &Scratch, image: &str, extra: &[&str]) -> PathBuf {
+    let out = s.path().join("out");
+    let mut args = vec!["bake", "--type", "raw", "--output", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(image);
+    let o = kiln(&args);
+    assert!(o.status.success(), "kiln bake failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    out.join("image/disk.raw")
+}
+
+/// A bootable-looking one-layer image with the given extra files, for bad input tests.
+pub fn tiny_image(s: &Scratch, files: &[(&str, &str)]) -> String {
+    let mut t = oci::RawTar::default()
+        .dir("usr/")
+        .dir("usr/lib/")
+        .file("usr/lib/os-release", "PRETTY_NAME=\"Tiny\"\n")
+        .dir("usr/lib/modules/")
+        .dir("usr/lib/modules/6.1.0-a/")
+        .file("usr/lib/modules/6.1.0-a/vmlinuz", "kernel")
+        .file("usr/lib/modules/6.1.0-a/initramfs.img", "initramfs");
+    for (path, content) in files {
+        t = t.file(path, content);
+    }
+    oci::write_layout(&s.path().join("layout"), &[oci::LayerBlob { tar: t.finish(), gzip: true }], serde_json::json!({"containers.bootc": "1"}), "amd64")
+}
+
 /// A sparse disk image of `size` bytes partitioned by `sfdisk` with `script`, then `writes`
 /// (offset, bytes) written into it.
 pub fn sfdisk_image(path: &Path, size: u64, script: &str, writes: &[(u64, Vec<u8>)]) {

@@ -103,12 +103,15 @@ pub fn layer_blobs(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Writes into `dir` the image of layout `src` (tag `latest`) with one more layer on top
-/// (blobs hardlinked, not copied); returns its `oci:` reference.
+/// (blobs hardlinked where they can be); returns its `oci:` reference.
 pub fn append_layer(src: &Path, dir: &Path, layer: &LayerBlob) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
-        std::fs::hard_link(e.path(), dir.join("blobs/sha256").join(e.file_name())).unwrap();
+        let to = dir.join("blobs/sha256").join(e.file_name());
+        if std::fs::hard_link(e.path(), &to).is_err() {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
     }
     let put = |data: &[u8]| -> (String, usize) {
         let d = sha256(data);
@@ -117,7 +120,8 @@ pub fn append_layer(src: &Path, dir: &Path, layer: &LayerBlob) -> String {
     };
     let read = |d: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(src.join("blobs/sha256").join(&d[7..])).unwrap()).unwrap() };
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
-    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let tagged = index["manifests"].as_array().unwrap().iter().find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest");
+    let mut manifest = read(tagged.expect("a manifest tagged latest")["digest"].as_str().unwrap());
     let mut config = read(manifest["config"]["digest"].as_str().unwrap());
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(&layer.tar).unwrap();

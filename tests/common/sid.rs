@@ -20,7 +20,7 @@ pub fn run(script: &str, binds: &[&Path]) -> Output {
     for b in binds {
         let b = b.canonicalize().unwrap_or_else(|e| panic!("{}: {e}", b.display()));
         let at = format!("{}/run/host{}", root.display(), b.display());
-        let kind = if b.is_dir() { "mkdir -p" } else { "mkdir -p \"$(dirname '{at}')\"; touch" };
+        let kind = if b.is_dir() { "mkdir -p".to_string() } else { format!("mkdir -p \"$(dirname '{at}')\"; touch") };
         setup += &format!("{kind} '{at}'; mount --bind '{}' '{at}'; ", b.display());
     }
     let inner = format!("cd /; {script}");
