@@ -8,6 +8,8 @@ PKGS=(
   qemu-system-x86 ovmf qemu-system-arm qemu-efi-aarch64 device-tree-compiler
   # filesystems and partition tables (oracles and mkfs for the root filesystem)
   e2fsprogs xfsprogs btrfs-progs dosfstools mtools gdisk fdisk util-linux
+  # install to-disk refusals: a partition held by device-mapper (where the kernel has it)
+  dmsetup
   # the test image and the image oracles
   debootstrap ostree skopeo umoci zstd gzip tar cpio jq attr libcap2-bin
   # disk-format and OVF oracles

@@ -4,6 +4,15 @@
 //! its mounted root filesystem, so every file's bytes are written once. Decisions that must
 //! precede the disk (root filesystem type, root size) come from the user or, failing that, from
 //! a scan of the image.
+//!
+//! A bake that dies however it dies leaves nothing: the outputs have no name until all are
+//! written (`pending`), the mounts are in kiln's own namespace (`disk::mountns`), their mount
+//! points in a run directory the next run removes (`workspace`), and the disk's partition
+//! table is committed last (`disk::table`).
+//!
+//! `kiln install to-disk` runs the same stages with a block device as the disk
+//! ([`write_disk`], `disk::Target`), `install to-filesystem` the deployment and bootloader
+//! stages ([`write_system`]) on filesystems it found.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -16,24 +25,26 @@ use crate::cli::BakeArgs;
 use crate::cloud::{self, aws};
 use crate::config::{self, BuildConfig};
 use crate::customize::{self, root::SystemRoot};
-use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Ids, Layout, Role, Sysroot};
+use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Disk, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
 use crate::ostree::{self, kargs, object::Kind, prepare_root, Repo};
 use crate::platform::Platform;
 use crate::output::{self, Format, RawDisk};
+use crate::pending::PendingFile;
 use crate::progress::Progress;
 use crate::selinux;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
+use crate::workspace::{OutputDir, RunDir};
 
 /// What the user gives besides the image, read (and checked) before anything is written.
-struct Inputs {
+pub struct Inputs {
     config: Option<BuildConfig>,
     root_ssh_keys: Option<String>,
 }
 
 impl Inputs {
-    fn read(args: &BakeArgs) -> Result<Inputs> {
+    pub fn read(args: &BakeArgs) -> Result<Inputs> {
         let config = args.config.as_deref().map(config::load).transpose()?;
         let root_ssh_keys = args
             .root_ssh_authorized_keys
@@ -58,6 +69,8 @@ impl std::fmt::Display for ImageDiskFound {
 impl std::error::Error for ImageDiskFound {}
 
 pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
+    // First, before any thread starts: the mounts this run makes live and die with it.
+    disk::mountns::enter_private()?;
     interrupt::install();
     let inputs = Inputs::read(args)?;
     let (files, uploads) = cloud::split_types(&args.types);
@@ -67,114 +80,58 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
         true => Some(aws::Session::connect(args.aws.config()?, progress)?),
         false => None,
     };
+    let _claim = OutputDir::claim(&args.output, &Format::dirs_in(&args.output), progress)?;
     let outputs: Vec<(Format, PathBuf)> = formats.iter().map(|f| (*f, f.path_in(&args.output))).collect();
     for (_, path) in &outputs {
-        prepare_output(path, args.force)?;
-    }
-    let raw = Format::Raw.path_in(&args.output);
-    std::fs::create_dir_all(raw.parent().unwrap()).with_context(|| format!("cannot create {}", raw.parent().unwrap().display()))?;
-    let partial = Partial::new(raw.with_file_name(".disk.raw.kiln-partial"));
-    let mut image_files = None;
-    let asahi = formats.contains(&Format::Asahi);
-    let result = loop {
-        match bake_raw(args, &inputs, partial.path(), asahi, progress, image_files.take()) {
-            Err(e) => match e.downcast::<ImageDiskFound>() {
-                Ok(found) => {
-                    progress.info("the image describes its own disk (disk.yaml or an embedded build config): laying the disk out again with it");
-                    std::fs::remove_file(partial.path()).with_context(|| format!("cannot remove {}", partial.path().display()))?;
-                    image_files = Some(found.0);
-                }
-                Err(e) => break Err(e),
-            },
-            Ok(baked) => break Ok(baked),
+        if path.exists() && !args.force {
+            bail!("{} already exists: remove it or pass --force to replace it", path.display());
         }
-    };
+    }
+    // The raw disk has no name until the end (none at all unless it was asked for); one
+    // raw build feeds every format and the upload.
+    let raw_dest = Format::Raw.path_in(&args.output);
+    let raw = PendingFile::create_for(&raw_dest)?;
+    let run_dir = RunDir::create(progress)?;
+    let disk = Disk::image(raw.file().try_clone()?, raw_dest.display().to_string());
+    let result = write_disk(args, &inputs, &disk, run_dir.path(), progress);
     let baked = interrupt::check().and(result)?;
-    // One raw build feeds every format.
-    let disk = RawDisk::open(partial.path())?;
-    let mut written: Vec<Partial> = Vec::new();
+    let raw_disk = RawDisk::from_file(raw.file().try_clone()?, &raw_dest)?;
+    let mut written = Vec::new();
     for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
         interrupt::check()?;
-        // Kept only if the whole bake succeeds.
-        let made = match (format, &baked.asahi) {
+        match (format, &baked.asahi) {
+            // The package's name comes from the image: known only now.
             (Format::Asahi, Some(package)) => {
                 let dir = path.parent().unwrap();
-                let (zip, data) = output::asahi::paths(package, dir);
-                prepare_output(&zip, args.force)?;
-                output::asahi::write(&disk, package, dir, progress)?;
-                vec![zip, data]
+                let (zip, _) = output::asahi::paths(package, dir);
+                if zip.exists() && !args.force {
+                    bail!("{} already exists: remove it or pass --force to replace it", zip.display());
+                }
+                written.extend(output::asahi::write(&raw_disk, package, dir, progress)?);
             }
             _ => {
-                output::write(*format, &disk, path, &args.ova.options(), progress)?;
-                vec![path.clone()]
+                let out = PendingFile::create_for(path)?;
+                output::write(*format, &raw_disk, &out, path, &args.ova.options(), progress)?;
+                written.push((out, path.clone()));
             }
-        };
-        for path in made {
-            progress.info(&format!("wrote {}", path.display()));
-            written.push(Partial::new_existing(path));
         }
     }
     if let Some(session) = &aws {
         interrupt::check()?;
-        let facts = aws::DiskFacts::read(partial.path())?;
-        let uploaded = session.upload(&disk, &aws::aws_arch(&baked.arch)?, &facts, &baked.ami_name, progress)?;
+        // The raw disk has no name yet: read through its descriptor.
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::unix::io::AsRawFd::as_raw_fd(raw.file())));
+        let facts = aws::DiskFacts::read(&fd_path)?;
+        let uploaded = session.upload(&raw_disk, &aws::aws_arch(&baked.arch)?, &facts, &baked.ami_name, progress)?;
         cloud::report(&uploaded, progress);
     }
     if formats.contains(&Format::Raw) {
-        std::fs::rename(partial.path(), &raw).with_context(|| format!("cannot move the finished disk to {}", raw.display()))?;
-        partial.disarm();
-        progress.info(&format!("wrote {}", raw.display()));
+        written.push((raw, raw_dest));
     }
-    written.iter().for_each(Partial::disarm);
-    Ok(())
-}
-
-/// Refuses to overwrite an output unless forced, and checks the directory is writable.
-fn prepare_output(path: &Path, force: bool) -> Result<()> {
-    let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output directory {}", dir.display()))?;
-    if path.exists() {
-        if !force {
-            bail!("{} already exists: remove it or pass --force to replace it", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
-    }
-    let probe = dir.join(format!(".kiln-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("the output directory {} is not writable", dir.display()))?;
-    std::fs::remove_file(&probe)?;
-    Ok(())
-}
-
-/// A file or directory removed when dropped, unless disarmed.
-struct Partial(PathBuf, std::cell::Cell<bool>);
-
-impl Partial {
-    fn new(p: PathBuf) -> Partial {
-        let _ = std::fs::remove_file(&p);
-        Partial(p, std::cell::Cell::new(true))
-    }
-    /// Guards a file that exists already.
-    fn new_existing(p: PathBuf) -> Partial {
-        Partial(p, std::cell::Cell::new(true))
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn disarm(&self) {
-        self.1.set(false);
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if self.1.get() {
-            let _ = if self.0.is_dir() { std::fs::remove_dir(&self.0) } else { std::fs::remove_file(&self.0) };
-        }
-    }
+    output::name_all(written, progress)
 }
 
 /// What the bake learnt that later stages need.
-struct Baked {
+pub struct Baked {
     /// The image's architecture (OCI naming).
     arch: String,
     /// The default AMI name: the image's name and version.
@@ -183,43 +140,55 @@ struct Baked {
     asahi: Option<output::asahi::Package>,
 }
 
+/// `--type asahi` was asked for: the disk is also made into an Asahi package (4 KiB-sector
+/// filesystems, a root that grows, m1n1/boot.bin on the ESP).
+fn asahi_wanted(args: &BakeArgs) -> bool {
+    args.types.iter().any(|t| Format::parse(t).is_ok_and(|f| f == Format::Asahi))
+}
+
 /// The files of the image the disk's layout depends on: the bootc install configuration and
 /// the image's own disk description.
 fn layout_files(path: &str) -> bool {
     kargs::wanted(path) || disk::image::wanted(path)
 }
 
+/// Writes the disk (an image file, or a block device for `kiln install to-disk`): its table,
+/// filesystems, deployment and bootloader; mount points go in `run_dir`. When the image turns
+/// out to describe its own disk (found only once its files are in the repository), the disk
+/// is laid out again with that description.
+pub fn write_disk(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path, progress: &Progress) -> Result<Baked> {
+    let mut image_files = None;
+    loop {
+        match write_disk_once(args, inputs, disk, run_dir, progress, image_files.take()) {
+            Err(e) => match e.downcast::<ImageDiskFound>() {
+                Ok(found) => {
+                    progress.info("the image describes its own disk (disk.yaml or an embedded build config): laying the disk out again with it");
+                    if disk.fixed_size().is_none() {
+                        disk.file.set_len(0).with_context(|| format!("cannot empty {}", disk.name))?;
+                    }
+                    image_files = Some(found.0);
+                }
+                Err(e) => return Err(e),
+            },
+            Ok(baked) => return Ok(baked),
+        }
+    }
+}
+
 /// `image_files`: the image's files that decide the layout, when a previous attempt found
 /// them; otherwise they come from a scan (without `--rootfs`) or are looked at after the
 /// commit.
-/// `asahi`: the disk is also made into an Asahi package (4 KiB-sector filesystems, a root that
-/// grows, m1n1/boot.bin on the ESP).
-fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, asahi: bool, progress: &Progress, image_files: Option<BTreeMap<String, Vec<u8>>>) -> Result<Baked> {
-    let opts = args.source.open_options();
-    let image = Image::open(&args.image, &opts)?;
-    image.require_bootable_label()?;
-    let arch = if image.config.architecture.is_empty() { opts.arch.clone() } else { image.config.architecture.clone() };
-    let platform = Platform::for_oci_arch(&arch).with_context(|| image.describe())?;
-    let m1n1 = match (asahi, &platform.bootloader.m1n1) {
-        (true, None) => bail!(
-            "--type asahi makes a package for Apple Silicon Macs, which run arm64 images; {} is an {arch} image{}",
-            image.describe(),
-            if opts.arch_given { String::new() } else { " (for a multi-platform image, add --target-arch arm64)".to_string() }
-        ),
-        (true, Some(m)) => Some(m),
-        (false, _) => None,
-    };
-    if arch != opts.arch {
-        progress.info(&format!("baking for {arch}, the image's architecture"));
-    }
-    image.fetch_layers(progress)?;
-    interrupt::check()?;
+fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path, progress: &Progress, image_files: Option<BTreeMap<String, Vec<u8>>>) -> Result<Baked> {
+    let (image, platform) = open_image(args, progress)?;
 
     // What the disk needs to know before it exists.
     if let Some(fs) = &args.rootfs {
         disk::mkfs::check_supported(fs)?;
     }
-    let disk_size = args.size.as_deref().map(parse_size).transpose()?;
+    let disk_size = match disk.fixed_size() {
+        Some(size) => Some(size),
+        None => args.size.as_deref().map(parse_size).transpose()?,
+    };
     // The root filesystem type comes from the image's install configuration unless given;
     // reading it takes a pass over the layers.
     let scan = if args.rootfs.is_none() && image_files.is_none() {
@@ -259,73 +228,147 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, asahi: bool, progress:
     };
     let (root_size, root_min) = disk::root_size(content);
     let ids = Ids::from_seed(args.seed.as_deref());
+    if let Some(size) = disk.fixed_size() {
+        disk::check_fits(&disk.name, size, &layout, root_min)?;
+    }
     let mut plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
     // The Asahi installer copies the filesystems onto 4 KiB-sector NVMe partitions it makes
-    // as large as the user wants.
-    (plan.sector_4k, plan.grow_root) = (asahi, asahi);
+    // as large as the user wants; a 4Kn disk gets its filesystems made for it as well.
+    let asahi = asahi_wanted(args);
+    (plan.sector_4k, plan.grow_root) = (asahi || disk.sector_size() > table::SECTOR, asahi);
     if asahi && plan.part(Role::Esp).is_none() {
         bail!("--type asahi needs a layout with an ESP: the Asahi installer makes the EFI partition from it");
     }
     drop(scan);
 
-    check_free_space(raw.parent().unwrap(), root_min)?;
+    if disk.fixed_size().is_none() {
+        check_free_space(&args.output, root_min)?;
+    }
     let stage = progress.stage("disk", None);
-    table::create_image(raw, &plan)?;
-    let workdir = Partial::new(raw.with_file_name(format!(".kiln-sysroot-{}", std::process::id())));
-    std::fs::create_dir_all(workdir.path())?;
+    // The table is committed last: until then the disk has none.
+    let table = disk.prepare_table(&plan)?;
+    let workdir = run_dir.join("sysroot");
+    // An empty mount point an earlier attempt of this run left.
+    let _ = std::fs::remove_dir(&workdir);
+    std::fs::create_dir(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
     let mut sysroot = if ids.is_seeded() {
-        Sysroot::create_staged(raw, &plan, workdir.path())?
+        Sysroot::create_staged(disk, &plan, &workdir, &args.output)?
     } else {
-        Sysroot::create(raw, &plan, workdir.path())?
+        Sysroot::create(disk, &plan, &workdir)?
     };
     stage.finish();
     interrupt::check()?;
 
-    let Deployed { deployment, policy, verity } =
-        write_deployment(args, inputs, &image, &platform, &plan, &sysroot, &ids, image_disk_known, progress).map_err(explain_enospc)?;
-
-    let image_root = bootloader::image_files::ImageRoot::new(&deployment.dir);
-    let boot_bin = m1n1.map(|m| bootloader::m1n1::assemble(&image_root, &deployment.kver, m)).transpose()?;
-    if let Some(b) = &boot_bin {
-        if !b.ignored.is_empty() {
-            progress.warn(&format!("m1n1/boot.bin: lines of the image's /{} m1n1 does not take were left out: {}", m1n1.unwrap().config, b.ignored.join("; ")));
+    let mut esp = plan.part(Role::Esp).map(|p| Esp::format(&disk.file, p, disk.sector_size())).transpose()?;
+    // GRUB's BIOS boot code counts 512-byte sectors: a 4Kn disk boots through UEFI only.
+    let bios_partition = plan.part(Role::BiosBoot).filter(|_| {
+        let fits = disk.sector_size() == table::SECTOR;
+        if !fits {
+            progress.info(&format!("{} has {}-byte sectors, which BIOS GRUB cannot boot: installing for UEFI only", disk.name, disk.sector_size()));
         }
+        fits
+    });
+    let bios = bios_partition.map(|p| BiosTarget {
+        disk: &disk.file,
+        partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
+    });
+    let mut target = SystemTarget { plan: &plan, sysroot: &mut sysroot, ids: &ids, image_disk_known };
+    let asahi = write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
+    if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
+        e.close(&disk.file, p)?;
     }
 
+    let stage = progress.stage("finish", None);
+    sysroot.close()?;
+    table.commit()?;
+    disk.file.sync_all().with_context(|| format!("writing {} failed (is its disk full?)", disk.name))?;
+    stage.finish();
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image), asahi })
+}
+
+/// Opens the image, checks it is bootable (and, for `--type asahi`, an Apple Silicon one),
+/// finds its platform and fetches its layers.
+pub fn open_image(args: &BakeArgs, progress: &Progress) -> Result<(Image, Platform)> {
+    let opts = args.source.open_options();
+    let image = Image::open(&args.image, &opts)?;
+    image.require_bootable_label()?;
+    let arch = if image.config.architecture.is_empty() { opts.arch.clone() } else { image.config.architecture.clone() };
+    let platform = Platform::for_oci_arch(&arch).with_context(|| image.describe())?;
+    if asahi_wanted(args) && platform.bootloader.m1n1.is_none() {
+        bail!(
+            "--type asahi makes a package for Apple Silicon Macs, which run arm64 images; {} is an {arch} image{}",
+            image.describe(),
+            if opts.arch_given { String::new() } else { " (for a multi-platform image, add --target-arch arm64)".to_string() }
+        );
+    }
+    if arch != opts.arch {
+        progress.info(&format!("baking for {arch}, the image's architecture"));
+    }
+    image.fetch_layers(progress)?;
+    interrupt::check()?;
+    Ok((image, platform))
+}
+
+/// The filesystems a system is written into: made by kiln (`plan`'s), or found by `install
+/// to-filesystem`, mounted at `sysroot`.
+pub struct SystemTarget<'a> {
+    pub plan: &'a disk::Plan,
+    pub sysroot: &'a mut Sysroot,
+    pub ids: &'a Ids,
+    /// The image's own disk description was known when the disk was laid out (or does not
+    /// matter: the filesystems exist).
+    pub image_disk_known: bool,
+}
+
+/// Writes the system into its sysroot: the deployment, then the bootloader into `esp` and
+/// `bios`. With `--type asahi`, m1n1's boot.bin goes on the ESP too, and what the package is
+/// made of besides the disk is returned.
+#[allow(clippy::too_many_arguments)]
+pub fn write_system(
+    args: &BakeArgs,
+    inputs: &Inputs,
+    image: &Image,
+    platform: &Platform,
+    target: &mut SystemTarget<'_>,
+    mut esp: Option<&mut (dyn EspWriter + 'static)>,
+    bios: Option<BiosTarget<'_>>,
+    progress: &Progress,
+) -> Result<Option<output::asahi::Package>> {
+    let SystemTarget { plan, ref mut sysroot, ids, image_disk_known } = *target;
+    let Deployed { deployment, policy, verity } =
+        write_deployment(args, inputs, image, platform, plan, sysroot, ids, image_disk_known, progress).map_err(explain_enospc)?;
+    let m1n1 = platform.bootloader.m1n1.as_ref().filter(|_| asahi_wanted(args));
+    let image_root = bootloader::image_files::ImageRoot::new(&deployment.dir);
+    let boot_bin = m1n1.map(|m| bootloader::m1n1::assemble(&image_root, &deployment.kver, m)).transpose()?;
+    if let (Some(b), Some(m)) = (&boot_bin, m1n1) {
+        if !b.ignored.is_empty() {
+            progress.warn(&format!("m1n1/boot.bin: lines of the image's /{} m1n1 does not take were left out: {}", m.config, b.ignored.join("; ")));
+        }
+    }
     let stage = progress.stage("bootloader", None);
-    let mut esp = plan.part(Role::Esp).map(|p| Esp::format(raw, p)).transpose()?;
     let boot_part = plan.part(Role::Boot);
+    let boot_dir = sysroot.root.join("boot");
     let target = BootTarget {
-        boot_dir: &sysroot.root.join("boot"),
+        boot_dir: &boot_dir,
         boot_fs: BootFilesystem {
             uuid: boot_part.unwrap_or(plan.root()).fs_uuid.clone(),
             separate_partition: boot_part.is_some(),
         },
         entries_dir: sysroot.root.join("boot/loader/entries"),
-        esp: esp.as_mut().map(|e| e as &mut dyn EspWriter),
-        bios: plan.part(Role::BiosBoot).map(|p| BiosTarget {
-            disk: raw,
-            partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
-        }),
+        esp: esp.as_deref_mut().map(|e| e as &mut dyn EspWriter),
+        bios,
     };
     bootloader::install(&platform.bootloader, &deployment.dir, target)?;
-    if let (Some(b), Some(e)) = (&boot_bin, esp.as_mut()) {
+    if let (Some(b), Some(e)) = (&boot_bin, esp) {
         bootloader::m1n1::install(b, e)?;
     }
-    if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
-        e.close(raw, p)?;
-    }
     stage.finish();
-    let asahi_package = match m1n1 {
-        Some(m) => Some(asahi_package(&image, &deployment.dir, &image_root, m, &plan)?),
-        None => None,
-    };
+    let asahi = m1n1.map(|m| asahi_package(image, &deployment.dir, &image_root, m, plan)).transpose()?;
     if let Some(policy) = &policy {
         let stage = progress.stage("labels", None);
-        label_what_is_left(policy.labeler(), &sysroot, &deployment)?;
+        label_what_is_left(policy.labeler(), sysroot, &deployment)?;
         stage.finish();
     }
-
     if verity {
         // Last: on ext4 the objects' fs-verity metadata sits past their data until the
         // filesystem is closed, so nothing may read them after this.
@@ -333,13 +376,7 @@ fn bake_raw(args: &BakeArgs, inputs: &Inputs, raw: &Path, asahi: bool, progress:
         sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
         stage.finish();
     }
-    let stage = progress.stage("finish", None);
-    sysroot.close()?;
-    std::fs::File::open(raw)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("writing {} failed (is its disk full?)", raw.display()))?;
-    stage.finish();
-    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image), asahi: asahi_package })
+    Ok(asahi)
 }
 
 /// The Asahi package's names and icon, from the image, and the disk's partitions it is made of.
@@ -533,7 +570,9 @@ fn write_deployment(
         interrupt::check()?;
     }
     let stage = progress.stage("commit", None);
-    let kver = tree::kernels(&root).remove(0);
+    let kver = tree::kernels(&root).into_iter().next().with_context(|| {
+        format!("{} has no kernel: expected /usr/lib/modules/<kver>/vmlinuz (is it a bootc image?)", image.describe())
+    })?;
     let (origin, transport_ref) = target_reference(args.target_imgref.as_deref(), &image.source, progress)?;
     let commit = ostree::commit(
         &repo,

@@ -261,16 +261,71 @@ pub enum UploadCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum InstallCommand {
-    /// Install onto a whole block device, partitioning it.
-    ToDisk {
-        device: PathBuf,
-        image: String,
-        /// Wipe existing partitions and data on the device.
-        #[arg(long)]
-        wipe: bool,
-    },
-    /// Install into an already mounted filesystem tree.
-    ToFilesystem { path: PathBuf, image: String },
+    /// Install onto a whole disk, partitioning it (everything on it is lost).
+    ToDisk(ToDiskArgs),
+    /// Install onto mounted filesystems: ROOT, a separate /boot at ROOT/boot if mounted there,
+    /// the ESP mounted at ROOT/boot/efi or else the ESP partition of ROOT's disk.
+    ToFilesystem(ToFilesystemArgs),
+}
+
+/// `kiln install to-filesystem`, with bootc's semantics.
+#[derive(Args, Debug)]
+pub struct ToFilesystemArgs {
+    /// Where the target's root filesystem is mounted (it must be empty).
+    pub root: PathBuf,
+    /// The image, as for `kiln bake`.
+    pub image: String,
+    /// wipe: delete what the root (and /boot) filesystems hold first.
+    #[arg(long, value_enum)]
+    pub replace: Option<Replace>,
+    #[command(flatten)]
+    pub deployment: InstallDeploymentArgs,
+}
+
+/// What both install commands take for the deployment, as `kiln bake` does.
+#[derive(Args, Debug)]
+pub struct InstallDeploymentArgs {
+    /// Extra kernel argument, repeatable.
+    #[arg(long = "karg")]
+    pub kargs: Vec<String>,
+    /// The image reference the installed system updates from.
+    #[arg(long)]
+    pub target_imgref: Option<String>,
+    /// The ostree stateroot.
+    #[arg(long, default_value = "default")]
+    pub stateroot: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    Wipe,
+    Alongside,
+}
+
+/// `kiln install to-disk`: bootc's option names and meanings where bootc has the option.
+#[derive(Args, Debug)]
+pub struct ToDiskArgs {
+    /// The whole disk: /dev/sda, /dev/nvme0n1, /dev/disk/by-id/…, or a loop device attached
+    /// with partition scanning.
+    pub device: PathBuf,
+    /// The image, as for `kiln bake`.
+    pub image: String,
+    /// Erase the partition table, filesystems and other signatures the disk has.
+    #[arg(long)]
+    pub wipe: bool,
+    /// Root filesystem type: ext4, xfs or btrfs (default: the image's install configuration).
+    #[arg(long)]
+    pub filesystem: Option<String>,
+    /// Partition layout: a name from layouts/ or a TOML file (default: bootc).
+    #[arg(long)]
+    pub layout: Option<String>,
+    /// Keep what was written when the install fails (default: leave an empty partition table).
+    #[arg(long)]
+    pub preserve_on_error: bool,
+    #[command(flatten)]
+    pub deployment: InstallDeploymentArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -329,7 +384,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = Progress::new(cli.progress);
     match cli.command {
         Command::Bake(args) => crate::bake::run(&args, &progress),
-        Command::Install(_) => not_yet("install", "a later issue"),
+        Command::Install(InstallCommand::ToDisk(args)) => crate::install::to_disk(&args, &progress),
+        Command::Install(InstallCommand::ToFilesystem(args)) => crate::install::to_filesystem::to_filesystem(&args, &progress),
         Command::Image(ImageCommand::Inspect { image, json, source }) => {
             let report = inspect::inspect(&image, &source.open_options(), &progress)?;
             if json {
@@ -357,8 +413,4 @@ impl SourceArgs {
     pub fn open_options(&self) -> OpenOptions {
         OpenOptions { tls_verify: self.tls_verify, ..OpenOptions::default() }.with_arch(self.target_arch.as_deref())
     }
-}
-
-fn not_yet(command: &str, when: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`kiln {command}` is not built yet (it arrives with {when})")
 }

@@ -1,7 +1,7 @@
 //! SIGINT and SIGTERM end a long run cleanly: the handler only records the signal; work
 //! checks [`check`] between steps (and per file while layers are applied) and returns an error,
 //! so the normal error path unwinds: mounts unmounted, loop devices detached, partial output
-//! removed.
+//! removed. (SIGKILL cannot be caught: what it would leave, the kernel removes; see `bake`.)
 
 use std::sync::atomic::{AtomicI32, Ordering};
 

@@ -305,7 +305,7 @@ fn asahi_package_reads_as_the_installer_reads_it_and_its_parts_boot() {
     let disk = s.path().join("mac.img");
     let root_part = lay_down(&disk, efi_size, &volume_id, &esp, &boot_img, &root_img, 1 << 30);
     let mut boot = Boot::aarch64(&disk, "arm64-asahi");
-    boot.logical_block_size = 4096;
+    boot.logical_block_size = Some(4096);
     let report = boot.run().unwrap_or_else(|e| panic!("{e}"));
     println!("{report}");
     report.assert_outcome(&[]);

@@ -130,6 +130,7 @@ fn install_bios(image: &Path, work: &Path) -> (kiln::bootloader::Installed, Path
     let mut mbr = vec![0u8; 4 << 20];
     mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
     std::fs::write(&disk, mbr).unwrap();
+    let disk = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
     let boot = work.join("boot");
     std::fs::create_dir_all(boot.join("loader/entries")).unwrap();
     std::fs::create_dir_all(boot.join("ostree/default-abc")).unwrap();

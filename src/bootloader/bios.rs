@@ -2,9 +2,8 @@
 //! area and `core.img` into the BIOS boot partition, patched as grub-install's setup patches
 //! them (and as osbuild's grub2.inst stage does by hand).
 
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 
@@ -32,8 +31,10 @@ pub struct BiosBootPartition {
 }
 
 /// Writes `core` into `partition` on `disk` (an image file or a block device) and `boot_img`
-/// into the disk's MBR, keeping the MBR's partition table.
-pub fn write(disk: &Path, partition: BiosBootPartition, boot_img: &[u8], mut core: CoreImage) -> Result<()> {
+/// into the disk's MBR, keeping the MBR's partition table area as it is: the protective MBR,
+/// or zeros when the disk's table is committed afterwards (`disk::table` writes it last and
+/// keeps the boot code).
+pub fn write(disk: &File, partition: BiosBootPartition, boot_img: &[u8], mut core: CoreImage) -> Result<()> {
     ensure!(
         boot_img.len() == SECTOR && boot_img[SECTOR - 2..] == BOOT_SIGNATURE,
         "GRUB's boot.img must be one {SECTOR}-byte sector ending in 55 AA, found {} bytes",
@@ -48,19 +49,13 @@ pub fn write(disk: &Path, partition: BiosBootPartition, boot_img: &[u8], mut cor
         core.sectors().div_ceil(2)
     );
 
-    let file = OpenOptions::new().read(true).write(true).open(disk).with_context(|| format!("opening {}", disk.display()))?;
     let mut mbr = [0u8; SECTOR];
-    file.read_exact_at(&mut mbr, 0).with_context(|| format!("reading the MBR of {}", disk.display()))?;
-    ensure!(
-        mbr[SECTOR - 2..] == BOOT_SIGNATURE,
-        "{} has no MBR (or GPT protective MBR); partition it before installing the bootloader",
-        disk.display()
-    );
+    disk.read_exact_at(&mut mbr, 0).context("reading the disk's MBR")?;
 
     core.locate_at(partition.first_lba);
     core.bytes.resize(core.sectors() as usize * SECTOR, 0);
-    file.write_all_at(&core.bytes, partition.first_lba * SECTOR as u64)
-        .with_context(|| format!("writing core.img to {} at sector {}", disk.display(), partition.first_lba))?;
+    disk.write_all_at(&core.bytes, partition.first_lba * SECTOR as u64)
+        .with_context(|| format!("writing core.img to the disk at sector {}", partition.first_lba))?;
 
     // boot.img's code, around the disk's own BPB bytes and partition table.
     mbr[..BPB_START].copy_from_slice(&boot_img[..BPB_START]);
@@ -68,6 +63,6 @@ pub fn write(disk: &Path, partition: BiosBootPartition, boot_img: &[u8], mut cor
     mbr[KERNEL_SECTOR_AT..KERNEL_SECTOR_AT + 8].copy_from_slice(&partition.first_lba.to_le_bytes());
     mbr[BOOT_DRIVE_AT] = 0xff;
     mbr[DRIVE_CHECK_AT..DRIVE_CHECK_AT + 2].copy_from_slice(&[0x90, 0x90]);
-    file.write_all_at(&mbr, 0).with_context(|| format!("writing the MBR of {}", disk.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", disk.display()))
+    disk.write_all_at(&mbr, 0).context("writing the disk's MBR")?;
+    disk.sync_all().context("syncing the disk")
 }

@@ -95,7 +95,7 @@ impl BootFilesystem {
 /// The disk and BIOS boot partition for GRUB's BIOS stages.
 pub struct BiosTarget<'a> {
     /// The whole disk: an image file or a block device.
-    pub disk: &'a Path,
+    pub disk: &'a std::fs::File,
     pub partition: BiosBootPartition,
 }
 

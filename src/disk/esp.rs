@@ -1,9 +1,8 @@
 //! The EFI system partition, FAT32, written in userspace with the `fatfs` crate straight into
 //! the disk image at the partition's offset (no loop device, no vfat driver needed).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
@@ -18,8 +17,8 @@ pub struct Region {
 }
 
 impl Region {
-    pub fn new(path: &Path, start: u64, len: u64) -> Result<Region> {
-        let file = OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    pub fn new(disk: &File, start: u64, len: u64) -> Result<Region> {
+        let file = disk.try_clone().context("cannot reopen the disk")?;
         Ok(Region { file, start, len, pos: 0 })
     }
 }
@@ -70,16 +69,21 @@ pub struct Esp {
 }
 
 impl Esp {
-    /// Formats the partition FAT32 with its label and volume id, and opens it.
-    pub fn format(image: &Path, part: &Partition) -> Result<Esp> {
-        let mut region = Region::new(image, part.offset, part.size)?;
+    /// Formats the partition FAT32 with its label and volume id, and opens it. The FAT's
+    /// sector is the disk's logical sector (firmware does not read a FAT of another size).
+    pub fn format(disk: &File, part: &Partition, sector_size: u64) -> Result<Esp> {
+        let mut region = Region::new(disk, part.offset, part.size)?;
         let mut label = [b' '; 11];
         let l = part.label.as_deref().unwrap_or("EFI-SYSTEM").as_bytes();
         label[..l.len().min(11)].copy_from_slice(&l[..l.len().min(11)]);
         let id = u32::from_str_radix(&part.fs_uuid.replace('-', ""), 16).context("the ESP's volume id")?;
         fatfs::format_volume(
             &mut region,
-            fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat32).volume_label(label).volume_id(id),
+            fatfs::FormatVolumeOptions::new()
+                .fat_type(fatfs::FatType::Fat32)
+                .bytes_per_sector(sector_size as u16)
+                .volume_label(label)
+                .volume_id(id),
         )
         .context("formatting the ESP (FAT32)")?;
         region.seek(SeekFrom::Start(0))?;
@@ -87,10 +91,17 @@ impl Esp {
         Ok(Esp { fs })
     }
 
+    /// Opens an existing FAT filesystem in `part` of `disk`, to add files.
+    pub fn open(disk: &File, part: &Partition) -> Result<Esp> {
+        let region = Region::new(disk, part.offset, part.size)?;
+        let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).context("the ESP is not a FAT filesystem kiln can read")?;
+        Ok(Esp { fs })
+    }
+
     /// Flushes the FAT and closes the filesystem.
-    pub fn close(self, image: &Path, part: &Partition) -> Result<()> {
+    pub fn close(self, disk: &File, part: &Partition) -> Result<()> {
         self.fs.unmount().context("closing the ESP")?;
-        let mut region = Region::new(image, part.offset, part.size)?;
+        let mut region = Region::new(disk, part.offset, part.size)?;
         drop_dot_long_names(&mut region).context("tidying the ESP's directories")
     }
 }
@@ -101,9 +112,9 @@ pub enum TreeEntry {
     File(String, Vec<u8>),
 }
 
-/// Every directory and file of the FAT filesystem in `part` of `image`, a directory before
+/// Every directory and file of the FAT filesystem in `part` of `disk`, a directory before
 /// what it holds, names in order; paths are `/`-separated, relative to the ESP's root.
-pub fn read_tree(image: &Path, part: &Partition) -> Result<Vec<TreeEntry>> {
+pub fn read_tree(disk: &File, part: &Partition) -> Result<Vec<TreeEntry>> {
     fn walk(dir: fatfs::Dir<'_, Region>, prefix: &str, out: &mut Vec<TreeEntry>) -> Result<()> {
         let mut entries: Vec<_> = dir.iter().collect::<std::io::Result<_>>()?;
         entries.sort_by_key(|e| e.file_name());
@@ -124,8 +135,8 @@ pub fn read_tree(image: &Path, part: &Partition) -> Result<Vec<TreeEntry>> {
         }
         Ok(())
     }
-    let region = Region::new(image, part.offset, part.size)?;
-    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).with_context(|| format!("reading the ESP of {}", image.display()))?;
+    let region = Region::new(disk, part.offset, part.size)?;
+    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).context("not a FAT filesystem")?;
     let mut out = Vec::new();
     walk(fs.root_dir(), "", &mut out)?;
     Ok(out)
@@ -265,7 +276,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-esp-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("esp.img");
-        std::fs::File::create(&img).unwrap().set_len(600 << 20).unwrap();
+        let disk = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&img).unwrap();
+        disk.set_len(600 << 20).unwrap();
         let part = Partition {
             role: crate::disk::Role::Esp,
             number: 1,
@@ -279,12 +291,12 @@ mod tests {
             fs_uuid: "ABCD-1234".into(),
             ..Partition::default()
         };
-        let mut esp = Esp::format(&img, &part).unwrap();
+        let mut esp = Esp::format(&disk, &part, 512).unwrap();
         esp.create_dir_all("EFI/BOOT").unwrap();
         esp.write_file("EFI/BOOT/BOOTX64.EFI", &vec![7u8; 100_000]).unwrap();
         esp.create_dir_all("EFI/debian").unwrap();
         esp.write_file("EFI/debian/grub.cfg", b"x").unwrap();
-        esp.close(&img, &part).unwrap();
+        esp.close(&disk, &part).unwrap();
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("dd if={0} of={0}.part bs=1M skip=1 count=501 status=none && fsck.fat -n {0}.part", img.display()))

@@ -347,6 +347,13 @@ pub fn plan(layout: &Layout, root_fs: &str, root_type: &str, root_min: u64, root
     Ok(Plan { size, disk_guid, partitions, mounts: layout.mounts, sector_4k: false, grow_root: false })
 }
 
+/// The least disk `layout` fits on with a root of `root_min` bytes (what [`plan`] accepts).
+pub fn least_disk_size(layout: &Layout, root_min: u64) -> Result<u64> {
+    let root_min = root_min.max(layout.root_min()?);
+    let min_disk = layout.min_disk_size.as_deref().map(parse_size).transpose()?.unwrap_or(0);
+    Ok((FIRST + GPT_TAIL + layout.fixed_bytes() + root_min.div_ceil(MIB) * MIB).max(min_disk))
+}
+
 /// The GPT type of Linux data partitions.
 pub const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 

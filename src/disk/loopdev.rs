@@ -1,13 +1,14 @@
 //! Loop devices for one partition each: attached with an offset and a size limit (partition
-//! scanning does not create `loopNpM` nodes reliably on every kernel), auto-clearing, detached
-//! when the handle drops.
+//! scanning does not create `loopNpM` nodes reliably on every kernel) to an open file (which
+//! may have no name: see `pending`), auto-clearing, so the kernel detaches them when their
+//! last user goes (the handle dropped, the mount on them gone, or the process killed).
 //!
 //! The user named the `loopdev` crate; its 0.4 release generates bindings with bindgen at build
 //! time (libclang, a minute of compiling) for three ioctls, so they are written here.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
@@ -48,10 +49,9 @@ pub struct LoopDevice {
 }
 
 impl LoopDevice {
-    /// Attaches `size` bytes of `backing` starting at `offset`.
-    pub fn attach(backing: &Path, offset: u64, size: u64) -> Result<LoopDevice> {
-        let file = OpenOptions::new().read(true).write(true).open(backing)
-            .with_context(|| format!("cannot open {}", backing.display()))?;
+    /// Attaches `size` bytes of `backing` starting at `offset`; `name` is what the device
+    /// reports as its file (`LOOP_GET_STATUS`).
+    pub fn attach(backing: &File, name: &str, offset: u64, size: u64) -> Result<LoopDevice> {
         let control = OpenOptions::new().read(true).write(true).open("/dev/loop-control")
             .context("cannot open /dev/loop-control (kiln needs root and the loop module to write filesystems)")?;
         for _ in 0..16 {
@@ -65,11 +65,11 @@ impl LoopDevice {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
             };
-            let mut name = [0u8; 64];
-            let b = backing.as_os_str().as_encoded_bytes();
-            name[..b.len().min(63)].copy_from_slice(&b[..b.len().min(63)]);
+            let mut file_name = [0u8; 64];
+            let b = name.as_bytes();
+            file_name[..b.len().min(63)].copy_from_slice(&b[..b.len().min(63)]);
             let config = LoopConfig {
-                fd: file.as_raw_fd() as u32,
+                fd: backing.as_raw_fd() as u32,
                 block_size: 0,
                 info: LoopInfo64 {
                     lo_device: 0,
@@ -81,7 +81,7 @@ impl LoopDevice {
                     lo_encrypt_type: 0,
                     lo_encrypt_key_size: 0,
                     lo_flags: LO_FLAGS_AUTOCLEAR,
-                    lo_file_name: name,
+                    lo_file_name: file_name,
                     lo_crypt_name: [0; 64],
                     lo_encrypt_key: [0; 32],
                     lo_init: [0; 2],
@@ -95,7 +95,7 @@ impl LoopDevice {
             let err = std::io::Error::last_os_error();
             // Another process took it between GET_FREE and CONFIGURE: try the next one.
             if err.raw_os_error() != Some(libc::EBUSY) {
-                return Err(err).with_context(|| format!("cannot attach {} to {}", backing.display(), path.display()));
+                return Err(err).with_context(|| format!("cannot attach {name} to {}", path.display()));
             }
         }
         bail!("could not get a free loop device (all busy)")

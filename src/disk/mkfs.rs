@@ -2,8 +2,10 @@
 //! options each filesystem type takes is data; the options keep to features the kernels and
 //! GRUB of current bootc images read.
 
+use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -95,7 +97,7 @@ pub fn format(device: &Path, fs: &str, label: &str, uuid: &str, content: Option<
         args.push("-d".into());
         args.push(dir.display().to_string());
     }
-    let out = Command::new(m.tool)
+    let out = tool(m.tool)
         .args(&args)
         .arg(device)
         // mke2fs stamps its times from this: the same seed gives the same superblock.
@@ -116,7 +118,7 @@ pub fn format(device: &Path, fs: &str, label: &str, uuid: &str, content: Option<
 /// order from the first non-reserved one. (mke2fs copies times from the files it reads,
 /// which the kernel stamped with the clock.)
 pub fn settle_ext4(device: &Path, immutable: &[String]) -> Result<()> {
-    let stats = Command::new("debugfs").arg("-R").arg("stats").arg(device).output().context("cannot run debugfs (e2fsprogs)")?;
+    let stats = tool("debugfs").arg("-R").arg("stats").arg(device).output().context("cannot run debugfs (e2fsprogs)")?;
     let text = String::from_utf8_lossy(&stats.stdout);
     let field = |name: &str| -> Option<u64> { text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()) };
     let (Some(count), Some(free)) = (field("Inode count:"), field("Free inodes:")) else {
@@ -134,17 +136,47 @@ pub fn settle_ext4(device: &Path, immutable: &[String]) -> Result<()> {
     debugfs(device, &cmds)
 }
 
-/// Runs a debugfs script writing to the unmounted ext4 on `device`.
+/// Runs a debugfs script writing to the unmounted ext4 on `device`. The commands go through a
+/// pipe (a file for them could be left behind), and debugfs dies with kiln.
 pub fn debugfs(device: &Path, script: &str) -> Result<()> {
-    let file = std::env::temp_dir().join(format!("kiln-debugfs-{}", std::process::id()));
-    std::fs::write(&file, script)?;
-    let out = Command::new("debugfs").arg("-w").arg("-f").arg(&file).arg(device).env("E2FSPROGS_FAKE_TIME", "1").output();
-    let _ = std::fs::remove_file(&file);
-    let out = out.context("cannot run debugfs (e2fsprogs)")?;
+    let mut child = tool("debugfs")
+        .arg("-w")
+        .args(["-f", "-"])
+        .arg(device)
+        .env("E2FSPROGS_FAKE_TIME", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run debugfs (e2fsprogs)")?;
+    let mut stdin = child.stdin.take().unwrap();
+    let script = script.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+    let out = child.wait_with_output().context("cannot run debugfs")?;
+    writer.join().map_err(|_| anyhow::anyhow!("writing to debugfs panicked"))?.context("writing debugfs' commands")?;
     // debugfs reports a failed command on stderr and still exits 0.
     let errors: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| !l.starts_with("debugfs ")).collect();
     if !out.status.success() || !errors.is_empty() {
         bail!("debugfs on {} failed: {}", device.display(), errors.join("; "));
     }
     Ok(())
+}
+
+/// A command for a tool that works on kiln's devices and dies with kiln: a kiln killed with
+/// SIGKILL takes its mkfs along instead of leaving it holding a loop device.
+pub fn tool(program: &str) -> Command {
+    let mut c = Command::new(program);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The parent may have died before the prctl.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("kiln exited"));
+            }
+            Ok(())
+        });
+    }
+    c
 }

@@ -1,6 +1,8 @@
 //! The target's filesystems made and mounted as the sysroot kiln writes the deployment into:
-//! root at a work directory, /boot (if the layout has one) on root's `boot`. One loop device
-//! per partition. Everything is undone when the value drops, on success, error or panic.
+//! root at a mount point in the run directory, /boot (if the layout has one) on root's `boot`.
+//! One loop device per partition. Everything is undone when the value drops, on success, error
+//! or panic; and since the mounts live in kiln's own mount namespace (`mountns`) and the loop
+//! devices auto-clear, also when the process is killed.
 //!
 //! This is the one place kiln needs the kernel to write a filesystem; it is kept this small so
 //! that an unprivileged writer can replace it.
@@ -12,8 +14,9 @@ use sys_mount::{Mount, UnmountFlags};
 
 use super::layout::{Partition, Plan, Role};
 use super::loopdev::LoopDevice;
-use super::mkfs;
 use super::verity::{self, Ext4Fixup};
+use super::{mkfs, Disk, PartitionDevice};
+use crate::pending::PendingFile;
 
 pub struct Sysroot {
     /// Where the root filesystem is mounted (or staged).
@@ -21,14 +24,12 @@ pub struct Sysroot {
     /// Mount points, in mount order.
     mounts: Vec<PathBuf>,
     /// Kept open until after the unmounts.
-    loops: Vec<LoopDevice>,
+    loops: Vec<PartitionDevice>,
     /// The directories the mounts cover (not the root's own), opened before mounting: their
     /// metadata can still be set once they are hidden (a mount point needs its SELinux label).
     covered: Vec<(PathBuf, std::fs::File)>,
-    /// Set when the filesystems are staged in directories and made at the end.
+    /// Set when the filesystems are staged and made at the end.
     staged: Option<Staged>,
-    /// The plan's filesystems are for 4 KiB logical sectors.
-    sector_4k: bool,
     /// The root filesystem's type.
     root_fs: String,
     /// fs-verity still to be finished on the root filesystem once unmounted (ext4).
@@ -39,32 +40,43 @@ pub struct Sysroot {
 /// filesystems are made from them in userspace (`mke2fs -d`) when it is closed, their times
 /// then set to 0. The kernel's allocator and clock play no part, so the same input gives the
 /// same bytes. It costs a second copy of the data, so it is only used when asked for.
+///
+/// The directories are on a scratch ext4 filesystem whose backing file has no name (it is
+/// made beside the output), so a killed bake leaves no staged copy behind: the mount goes with
+/// the namespace, the loop device with the mount, the file with the loop device.
 struct Staged {
-    image: PathBuf,
+    disk: Disk,
     plan: Plan,
     workdir: PathBuf,
+    /// Closed after the scratch filesystem is unmounted.
+    _scratch: PendingFile,
 }
 
+/// The scratch filesystem's UUID and hash seed: fixed, so that directories list in the same
+/// order every time (`mke2fs -d` adds entries in that order).
+const STAGING_UUID: &str = "6b696c6e-7374-6167-696e-670000000001";
+
 impl Sysroot {
-    /// Makes the root and /boot filesystems of `plan` inside `image` and mounts them under
+    /// Makes the root and /boot filesystems of `plan` on `disk` and mounts them under
     /// `workdir` (which must exist and be empty).
-    pub fn create(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+    pub fn create(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
         // Data partitions first: mkfs.btrfs refuses a loop device whose backing file has
         // another loop device mounted (the root's), whatever the offsets.
-        format_data(image, plan, workdir)?;
+        format_data(disk, plan, workdir)?;
         let root_fs = plan.root().filesystem.clone().unwrap_or_default();
-        let mut s = Sysroot { root: workdir.to_path_buf(), mounts: Vec::new(), loops: Vec::new(), staged: None, covered: Vec::new(), root_fs, verity: Vec::new(), sector_4k: plan.sector_4k };
-        s.attach_format_mount(image, plan.root(), workdir)?;
+        let mut s = Sysroot::empty(workdir.to_path_buf(), root_fs);
+        s.format_mount(disk.partition_device(plan.root())?, plan.root(), workdir, plan.sector_4k)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
             std::fs::create_dir_all(&at)?;
-            s.attach_format_mount(image, boot, &at)?;
+            s.format_mount(disk.partition_device(boot)?, boot, &at, plan.sector_4k)?;
         }
         Ok(s)
     }
 
-    /// Like [`Sysroot::create`], but reproducible (see [`Staged`]); ext4 only.
-    pub fn create_staged(image: &Path, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+    /// Like [`Sysroot::create`], but reproducible (see [`Staged`]); ext4 only. The scratch
+    /// filesystem's file is made in `scratch_dir`.
+    pub fn create_staged(disk: &Disk, plan: &Plan, workdir: &Path, scratch_dir: &Path) -> Result<Sysroot> {
         for p in plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot | Role::Data) && p.filesystem.is_some()) {
             if !matches!(p.filesystem.as_deref(), Some("ext4") | Some("swap")) {
                 anyhow::bail!(
@@ -74,35 +86,60 @@ impl Sysroot {
                 );
             }
         }
-        let root = workdir.join("root");
-        std::fs::create_dir_all(root.join("boot"))?;
-        format_data(image, plan, workdir)?;
-        Ok(Sysroot {
-            root,
-            mounts: Vec::new(),
-            loops: Vec::new(),
-            covered: Vec::new(),
-            staged: Some(Staged { image: image.to_path_buf(), plan: plan.clone(), workdir: workdir.to_path_buf() }),
-            sector_4k: plan.sector_4k,
-            root_fs: "ext4".to_string(),
-            verity: Vec::new(),
-        })
+        format_data(disk, plan, workdir)?;
+        // Room for what the root and /boot filesystems will hold (the file is sparse).
+        let size: u64 = plan.partitions.iter().filter(|p| matches!(p.role, Role::Root | Role::Boot)).map(|p| p.size).sum();
+        let scratch = PendingFile::create(scratch_dir, "staging")?;
+        scratch.file().set_len(size).with_context(|| format!("cannot make a {size}-byte staging file in {}", scratch_dir.display()))?;
+        let staging = Partition {
+            role: Role::Root,
+            number: 0,
+            name: "staging".into(),
+            type_guid: String::new(),
+            guid: String::new(),
+            offset: 0,
+            size,
+            filesystem: Some("ext4".into()),
+            label: Some("kiln-staging".into()),
+            fs_uuid: STAGING_UUID.into(),
+            mountpoint: None,
+            options: None,
+            subvolumes: Vec::new(),
+        };
+        let mut s = Sysroot::empty(workdir.join("root"), "ext4".into());
+        let dev = LoopDevice::attach(scratch.file(), "kiln staging file", staging.offset, staging.size)?;
+        // kiln's own scratch: only its files are copied to the disk.
+        s.format_mount(PartitionDevice::Loop(dev), &staging, workdir, false)?;
+        std::fs::create_dir_all(s.root.join("boot"))?;
+        let disk = Disk::image(disk.file.try_clone()?, disk.name.clone());
+        s.staged = Some(Staged { disk, plan: plan.clone(), workdir: workdir.to_path_buf(), _scratch: scratch });
+        Ok(s)
     }
 
-    fn attach_format_mount(&mut self, image: &Path, part: &Partition, at: &Path) -> Result<()> {
+    /// A sysroot on filesystems someone else made and mounted (`install to-filesystem`):
+    /// nothing of it is unmounted when it closes.
+    pub fn existing(root: PathBuf, root_fs: String) -> Sysroot {
+        Sysroot::empty(root, root_fs)
+    }
+
+    fn empty(root: PathBuf, root_fs: String) -> Sysroot {
+        Sysroot { root, mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None, root_fs, verity: Vec::new() }
+    }
+
+    /// `sector_4k`: the filesystem is made for 4 KiB logical sectors too (see `Plan::sector_4k`).
+    fn format_mount(&mut self, dev: PartitionDevice, part: &Partition, at: &Path, sector_4k: bool) -> Result<()> {
         let fs = part.filesystem.as_deref().context("partition without a filesystem")?;
-        let dev = LoopDevice::attach(image, part.offset, part.size)?;
-        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None, self.sector_4k)
+        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None, sector_4k)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
-        if at != self.root {
+        if at != self.root && at.starts_with(&self.root) {
             let dir = std::fs::File::open(at).with_context(|| format!("cannot open {}", at.display()))?;
             self.covered.push((at.to_path_buf(), dir));
         }
         Mount::builder()
             .fstype(fs)
             .data(mkfs::mount_options(fs))
-            .mount(&dev.path, at)
-            .with_context(|| format!("cannot mount {} ({fs}) on {}", dev.path.display(), at.display()))?;
+            .mount(dev.path(), at)
+            .with_context(|| format!("cannot mount {} ({fs}) on {}", dev.path().display(), at.display()))?;
         self.mounts.push(at.to_path_buf());
         self.loops.push(dev);
         Ok(())
@@ -115,6 +152,10 @@ impl Sysroot {
 
     /// Fails early, with the remedy, when fs-verity cannot be written on the root filesystem.
     pub fn check_verity(&self) -> Result<()> {
+        if self.root_fs == "ext4" && self.loops.is_empty() && self.staged.is_none() {
+            // kiln writes ext4's fs-verity offline, on the unmounted filesystem it made.
+            anyhow::bail!("fs-verity on an ext4 root kiln did not make is not supported: install to a whole disk (install to-disk) instead");
+        }
         verity::check_supported(&self.root_fs, &self.root, self.staged.is_some())
     }
 
@@ -131,11 +172,8 @@ impl Sysroot {
     /// reporting a failure to unmount.
     pub fn close(mut self) -> Result<()> {
         match self.staged.take() {
-            Some(st) => {
-                let result = st.make_filesystems(&self.root, &self.verity);
-                st.remove();
-                result
-            }
+            // The scratch filesystem is thrown away: no need to flush it.
+            Some(st) => st.make_filesystems(&self.root, &self.verity).and(self.unmount_all(true)),
             None => self.unmount_all(false),
         }
     }
@@ -161,10 +199,10 @@ impl Sysroot {
             }
         }
         if !lazy {
-            // The root's loop device is the first: finish its fs-verity now it is unmounted.
+            // The root's device is the first: finish its fs-verity now it is unmounted.
             if first_err.is_none() {
                 if let Some(root) = self.loops.first() {
-                    if let Err(e) = verity::finish_ext4(&root.path, &std::mem::take(&mut self.verity)) {
+                    if let Err(e) = verity::finish_ext4(root.path(), &std::mem::take(&mut self.verity)) {
                         first_err.get_or_insert(e);
                     }
                 }
@@ -185,11 +223,11 @@ impl Sysroot {
 
 /// Makes the filesystems of the data partitions (empty: they are mounted over the deployment's
 /// directories at boot), and their btrfs subvolumes.
-fn format_data(image: &Path, plan: &Plan, workdir: &Path) -> Result<()> {
+fn format_data(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<()> {
     for part in plan.partitions.iter().filter(|p| p.role == Role::Data) {
         let Some(fs) = part.filesystem.as_deref() else { continue };
-        let dev = LoopDevice::attach(image, part.offset, part.size)?;
-        mkfs::format(&dev.path, fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None, plan.sector_4k)
+        let dev = disk.partition_device(part)?;
+        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None, plan.sector_4k)
             .with_context(|| format!("making the {fs} filesystem of {}", part.describe()))?;
         if !part.subvolumes.is_empty() {
             let at = workdir.join(format!("subvolumes-{}", part.number));
@@ -197,7 +235,7 @@ fn format_data(image: &Path, plan: &Plan, workdir: &Path) -> Result<()> {
             let made = (|| -> Result<()> {
                 let _mount = Mount::builder()
                     .fstype(fs)
-                    .mount_autodrop(&dev.path, &at, UnmountFlags::empty())
+                    .mount_autodrop(dev.path(), &at, UnmountFlags::empty())
                     .with_context(|| format!("cannot mount {} to make its subvolumes", part.describe()))?;
                 for sv in &part.subvolumes {
                     let out = std::process::Command::new("btrfs")
@@ -231,9 +269,6 @@ fn syncfs(dir: &Path) -> Result<()> {
 impl Drop for Sysroot {
     fn drop(&mut self) {
         let _ = self.unmount_all(true);
-        if let Some(st) = self.staged.take() {
-            st.remove();
-        }
     }
 }
 
@@ -290,7 +325,7 @@ impl Staged {
             settle_mtimes(dir)?;
         }
         for (part, dir, immutable) in parts {
-            let dev = LoopDevice::attach(&self.image, part.offset, part.size)?;
+            let dev = LoopDevice::attach(&self.disk.file, &self.disk.name, part.offset, part.size)?;
             mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir), self.plan.sector_4k)
                 .with_context(|| format!("making the filesystem of partition {}", part.name))?;
             mkfs::settle_ext4(&dev.path, &immutable)?;
@@ -301,14 +336,18 @@ impl Staged {
         }
         Ok(())
     }
+}
 
-    fn remove(&self) {
-        for d in deployment_roots(&self.workdir.join("root")) {
-            let _ = crate::ostree::deploy::set_immutable(&d, false);
-        }
-        for d in ["root", "boot"] {
-            let _ = std::fs::remove_dir_all(self.workdir.join(d));
-        }
+/// Clears the immutable flag of the deployments an older kiln staged under `dir` (in
+/// `dir/root`), so that the directory can be removed.
+pub fn clear_immutable_deployments(dir: &Path) {
+    clear_immutable(&dir.join("root"));
+}
+
+/// Clears the immutable flag of the deployments of the ostree sysroot at `sysroot`.
+pub fn clear_immutable(sysroot: &Path) {
+    for d in deployment_roots(sysroot) {
+        let _ = crate::ostree::deploy::set_immutable(&d, false);
     }
 }
 

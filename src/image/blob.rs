@@ -204,7 +204,7 @@ pub fn pipelined(mut reader: Box<dyn Read + Send>) -> impl Read + Send {
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
     // Emptied chunks come back for reuse: no allocation or zeroing per chunk.
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || loop {
+    let spawned = std::thread::Builder::new().spawn(move || loop {
         let mut buf = recycled.try_recv().unwrap_or_default();
         buf.resize(CHUNK, 0);
         let mut filled = 0;
@@ -230,6 +230,15 @@ pub fn pipelined(mut reader: Box<dyn Read + Send>) -> impl Read + Send {
             return;
         }
     });
+    // No thread (a memory or process limit): an error to read, not a panic.
+    let rx = match spawned {
+        Ok(_) => rx,
+        Err(e) => {
+            let (tx, rx) = mpsc::sync_channel(1);
+            let _ = tx.send(Err(io::Error::new(e.kind(), format!("cannot start a thread to read it: {e}"))));
+            rx
+        }
+    };
     ChunkReader { rx, recycle, current: Vec::new(), pos: 0, done: false }
 }
 

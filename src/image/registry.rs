@@ -3,7 +3,7 @@
 //! content-addressed cache, so a second bake of the same image downloads nothing.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use super::cache;
 use super::manifest::{self, Descriptor};
 use super::reference::RegistryRef;
 use super::{OpenOptions, Transport};
+use crate::pending::PendingFile;
 use crate::progress::{Progress, Stage};
 
 const ATTEMPTS: u32 = 4;
@@ -192,7 +193,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Downloads a blob into the cache, verifying size and digest before it gets its name.
+    /// Downloads a blob into the cache, verifying size and digest before it gets its name
+    /// (see `cache`).
     fn download(&self, desc: &Descriptor, stage: Option<&Stage>) -> Result<PathBuf> {
         let path = cache::blob_path(&self.cache_dir, &desc.digest);
         if path.exists() {
@@ -203,11 +205,11 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let tmp = dir.join(format!(".partial-{}-{}", &desc.digest[7..19], std::process::id()));
+            let tmp = PendingFile::create(dir, &desc.digest[7..19])?;
             let result = (|| -> Result<()> {
                 let resp = self.get(&format!("blobs/{}", desc.digest), None)?;
                 let mut body = resp.into_reader().take(desc.size + 1);
-                let mut out = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+                let mut out = BufWriter::with_capacity(1 << 20, tmp.file());
                 let mut hasher = Sha256::new();
                 let mut buf = vec![0u8; 1 << 20];
                 let mut total = 0u64;
@@ -219,7 +221,7 @@ impl Registry {
                         Err(e) => return Err(e).context("download interrupted"),
                     };
                     hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n]).with_context(|| format!("writing {}", tmp.display()))?;
+                    out.write_all(&buf[..n]).with_context(|| format!("writing a blob into {}", dir.display()))?;
                     total += n as u64;
                     if let Some(s) = stage {
                         s.inc(n as u64);
@@ -229,15 +231,18 @@ impl Registry {
                 if total != desc.size || got != desc.digest {
                     bail!("downloaded {total} bytes with digest {got}, expected {} bytes with {}", desc.size, desc.digest);
                 }
+                out.flush().with_context(|| format!("writing a blob into {}", dir.display()))?;
                 Ok(())
             })();
             match result {
                 Ok(()) => {
-                    fs::rename(&tmp, &path).with_context(|| format!("storing {}", path.display()))?;
+                    // Another kiln may have stored the same blob meanwhile: replacing it with
+                    // the same verified bytes is harmless to its readers.
+                    tmp.persist(&path).with_context(|| format!("storing {}", path.display()))?;
                     return Ok(path);
                 }
                 Err(e) => {
-                    let _ = fs::remove_file(&tmp);
+                    drop(tmp);
                     if attempt >= ATTEMPTS {
                         return Err(e.context(format!("{}: blob {}", self.what(), desc.digest)));
                     }
@@ -269,10 +274,16 @@ impl Transport for Registry {
     }
 
     fn prefetch(&self, descs: &[Descriptor], progress: &Progress) -> Result<()> {
-        let missing: Vec<&Descriptor> =
+        let mut missing: Vec<&Descriptor> =
             descs.iter().filter(|d| !cache::blob_path(&self.cache_dir, &d.digest).exists()).collect();
+        // An image may list one blob twice; one download is enough.
+        missing.sort_by(|a, b| a.digest.cmp(&b.digest));
+        missing.dedup_by(|a, b| a.digest == b.digest);
         if missing.is_empty() {
             return Ok(());
+        }
+        for p in cache::sweep(&self.cache_dir) {
+            progress.info(&format!("removed {}, a partial download left by a kiln that is no longer running", p.display()));
         }
         let stage = progress.stage("download", Some(missing.iter().map(|d| d.size).sum()));
         let next = AtomicUsize::new(0);

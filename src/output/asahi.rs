@@ -15,6 +15,8 @@
 //! The parts come from the raw disk the bake made (one build feeds every format): its ESP is
 //! read back file by file, its filesystems copied byte for byte, deflated on all cores.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -24,6 +26,7 @@ use super::rawdisk::RawDisk;
 use super::zip::ZipWriter;
 use crate::disk::esp::{read_tree, TreeEntry};
 use crate::disk::Partition;
+use crate::pending::PendingFile;
 use crate::progress::Progress;
 
 /// The installer data's file name, beside the package.
@@ -95,37 +98,29 @@ pub fn paths(pkg: &Package, dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join(format!("{}.zip", pkg.name)), dir.join(INSTALLER_DATA))
 }
 
-/// Writes the package into `dir` from the baked disk. Both files appear whole at the end (or
-/// not at all).
-pub fn write(raw: &RawDisk, pkg: &Package, dir: &Path, progress: &Progress) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// Writes the package for `dir` from the baked disk into files that get their names only
+/// with the other outputs' (see [`crate::pending`]): (file, name) for the zip and the
+/// installer data.
+pub fn write(raw: &RawDisk, pkg: &Package, dir: &Path, progress: &Progress) -> Result<Vec<(PendingFile, PathBuf)>> {
     let (zip_path, data_path) = paths(pkg, dir);
-    let partial = |p: &Path| dir.join(format!(".{}.kiln-partial", p.file_name().unwrap().to_string_lossy()));
-    let (zip_tmp, data_tmp) = (partial(&zip_path), partial(&data_path));
-    let result = (|| -> Result<()> {
-        write_zip(raw, pkg, &zip_tmp, progress)?;
-        let data = json!({ "os_list": [pkg.os_entry()?] });
-        std::fs::write(&data_tmp, serde_json::to_string_pretty(&data)? + "\n")?;
-        std::fs::File::open(&data_tmp)?.sync_all()?;
-        std::fs::rename(&zip_tmp, &zip_path).with_context(|| format!("cannot move the package to {}", zip_path.display()))?;
-        std::fs::rename(&data_tmp, &data_path).with_context(|| format!("cannot move the installer data to {}", data_path.display()))
+    let result = (|| -> Result<_> {
+        let zip = PendingFile::create_for(&zip_path)?;
+        write_zip(raw, pkg, zip.file().try_clone()?, progress)?;
+        let data = PendingFile::create_for(&data_path)?;
+        let text = serde_json::to_string_pretty(&json!({ "os_list": [pkg.os_entry()?] }))? + "\n";
+        data.file().write_all(text.as_bytes())?;
+        Ok(vec![(zip, zip_path), (data, data_path)])
     })();
-    if let Err(e) = result {
-        for p in [&zip_tmp, &data_tmp, &zip_path] {
-            let _ = std::fs::remove_file(p);
-        }
-        return Err(e.context(format!("writing the Asahi package in {}", dir.display())));
-    }
-    Ok(())
+    result.with_context(|| format!("writing the Asahi package in {}", dir.display()))
 }
 
-fn write_zip(raw: &RawDisk, pkg: &Package, path: &Path, progress: &Progress) -> Result<()> {
+fn write_zip(raw: &RawDisk, pkg: &Package, out: File, progress: &Progress) -> Result<()> {
     let images: Vec<(&str, &Partition)> = pkg.boot.iter().map(|b| ("boot.img", b)).chain([("root.img", &pkg.root)]).collect();
     let total: u64 = images.iter().map(|(_, p)| p.size).sum();
     let stage = progress.stage("asahi", Some(total));
-    let mut zip = ZipWriter::create(path)?;
+    let mut zip = ZipWriter::new(out)?;
     zip.add_dir("esp")?;
-    for entry in read_tree(&raw.path, &pkg.esp)? {
+    for entry in read_tree(&raw.file, &pkg.esp).with_context(|| format!("reading the ESP of {}", raw.path.display()))? {
         match entry {
             TreeEntry::Dir(d) => zip.add_dir(&format!("esp/{d}"))?,
             TreeEntry::File(f, data) => zip.add_file(&format!("esp/{f}"), &data)?,

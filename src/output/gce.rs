@@ -5,23 +5,23 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::parallel::map_ordered;
 use super::rawdisk::RawDisk;
 use super::tar_header::{file_header, TarFormat};
+use crate::disk::table::seal_header;
 use crate::progress::Stage;
 
 const GIB: u64 = 1 << 30;
 const SECTOR: u64 = 512;
 const BLOCK: u64 = 4 << 20;
 
-pub fn write(raw: &RawDisk, dest: &Path, stage: &Stage) -> Result<()> {
+pub fn write(raw: &RawDisk, file: File, stage: &Stage) -> Result<()> {
     let size = raw.size.div_ceil(GIB) * GIB;
     let gpt = Relocated::read(raw, size)?;
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?);
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     let header = file_header("disk.raw", size, TarFormat::OldGnu);
     let data_end = 512 + size;
     // Tar: header, data, padding to the record size (20 blocks of 512) with two zero blocks.
@@ -91,7 +91,6 @@ impl Relocated {
         if &primary[..8] != b"EFI PART" {
             bail!("{} has no GPT; the GCE image needs one to move its backup header", raw.path.display());
         }
-        let hsize = u32::from_le_bytes(primary[12..16].try_into().unwrap()) as usize;
         let entries_lba = u64::from_le_bytes(primary[72..80].try_into().unwrap());
         let n = u32::from_le_bytes(primary[80..84].try_into().unwrap()) as u64;
         let esize = u32::from_le_bytes(primary[84..88].try_into().unwrap()) as u64;
@@ -102,21 +101,14 @@ impl Relocated {
         let last = size / SECTOR - 1;
 
         let put = |h: &mut Vec<u8>, at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_le_bytes());
-        let seal = |h: &mut Vec<u8>| {
-            h[16..20].fill(0);
-            // GPT headers carry a CRC-32 (IEEE), the same one gzip uses.
-            let mut crc = flate2::Crc::new();
-            crc.update(&h[..hsize]);
-            h[16..20].copy_from_slice(&crc.sum().to_le_bytes());
-        };
         put(&mut primary, 32, last);
         put(&mut primary, 48, last - entry_sectors - 1);
-        seal(&mut primary);
+        seal_header(&mut primary);
         let mut backup = primary.clone();
         put(&mut backup, 24, last);
         put(&mut backup, 32, 1);
         put(&mut backup, 72, last - entry_sectors);
-        seal(&mut backup);
+        seal_header(&mut backup);
         // The protective MBR's partition covers the whole (new) disk.
         mbr[446 + 12..446 + 16].copy_from_slice(&((size / SECTOR - 1).min(u32::MAX as u64) as u32).to_le_bytes());
 

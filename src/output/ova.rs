@@ -4,9 +4,8 @@
 //! filled in once the vmdk's size and digest are known.
 
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use super::rawdisk::RawDisk;
@@ -37,9 +36,8 @@ impl Default for OvaOptions {
     }
 }
 
-pub fn write(raw: &RawDisk, dest: &Path, opts: &OvaOptions, stage: &Stage) -> Result<()> {
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dest);
-    let mut out = BufWriter::with_capacity(1 << 20, file.with_context(|| format!("cannot create {}", dest.display()))?);
+pub fn write(raw: &RawDisk, file: std::fs::File, opts: &OvaOptions, stage: &Stage) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     // Room for the descriptor: rendered with the largest numbers it can hold.
     let ovf_room = descriptor(opts, raw.size, u64::MAX).len() as u64;
     let mf_len = manifest_line(OVF, &[0; 32]).len() + manifest_line(VMDK, &[0; 32]).len();

@@ -9,9 +9,8 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::parallel::map_ordered;
 use super::rawdisk::RawDisk;
@@ -47,13 +46,12 @@ fn compress(data: &[u8]) -> Result<Block> {
     }
 }
 
-pub fn write(raw: &RawDisk, dest: &Path, stage: &Stage) -> Result<()> {
+pub fn write(raw: &RawDisk, file: File, stage: &Stage) -> Result<()> {
     let clusters = raw.size.div_ceil(CLUSTER);
     let l1_size = clusters.div_ceil(L2_ENTRIES);
     let l1_offset = CLUSTER;
     let data_start = l1_offset + (l1_size * 8).div_ceil(CLUSTER).max(1) * CLUSTER;
 
-    let file = File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.seek(SeekFrom::Start(data_start))?;
     let mut pos = data_start;

@@ -25,6 +25,12 @@ impl RawDisk {
     /// protective MBR).
     pub fn open(path: &Path) -> Result<RawDisk> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        RawDisk::from_file(file, path)
+    }
+
+    /// Like [`RawDisk::open`], for a file already open (perhaps one with no name yet); `path`
+    /// is what messages call it.
+    pub fn from_file(file: File, path: &Path) -> Result<RawDisk> {
         let md = file.metadata()?;
         if !md.is_file() {
             bail!("{} is not a regular file: give a raw disk image", path.display());
@@ -61,8 +67,7 @@ impl RawDisk {
     }
 
     /// A sparse copy: data extents copied, holes left as holes.
-    pub fn copy_sparse(&self, dest: &Path, stage: &Stage) -> Result<()> {
-        let mut out = File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    pub fn copy_sparse(&self, mut out: File, stage: &Stage) -> Result<()> {
         out.set_len(self.size)?;
         let mut buf = vec![0u8; 1 << 20];
         let mut src = &self.file;

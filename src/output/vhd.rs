@@ -4,9 +4,8 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::rawdisk::RawDisk;
 use crate::progress::Stage;
@@ -15,9 +14,8 @@ const MIB: u64 = 1 << 20;
 /// Seconds from the Unix epoch to the VHD epoch (2000-01-01).
 const VHD_EPOCH: u64 = 946_684_800;
 
-pub fn write(raw: &RawDisk, dest: &Path, stage: &Stage) -> Result<()> {
+pub fn write(raw: &RawDisk, mut out: File, stage: &Stage) -> Result<()> {
     let size = raw.size.div_ceil(MIB) * MIB;
-    let mut out = File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     out.set_len(size)?;
     let mut buf = vec![0u8; 1 << 20];
     for &(off, len) in &raw.extents {

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -28,10 +27,8 @@ pub const VIRTUAL_HW_VERSION: u32 = 4;
 /// "Unknown" open-vm-tools version, open-vmdk's default.
 pub const TOOLS_VERSION: &str = "2147483647";
 
-/// Writes the vmdk to `dest`; `name` is the file name its descriptor gives the extent (the
-/// final name, not a temporary one).
-pub fn write(raw: &RawDisk, dest: &Path, name: &str, stage: &Stage) -> Result<()> {
-    let file = File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+/// Writes the vmdk into `file`; `name` is the file name its descriptor gives the extent.
+pub fn write(raw: &RawDisk, file: File, name: &str, stage: &Stage) -> Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, file);
     write_to(raw, &mut out, name, stage)?;
     out.flush()?;

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 
@@ -55,8 +54,8 @@ pub struct ZipWriter {
 }
 
 impl ZipWriter {
-    pub fn create(path: &Path) -> Result<ZipWriter> {
-        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    /// A zip written into `file` (empty), from its start.
+    pub fn new(file: File) -> Result<ZipWriter> {
         Ok(ZipWriter { out: BufWriter::with_capacity(1 << 20, file), at: 0, members: Vec::new() })
     }
 
@@ -370,7 +369,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-zip-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.zip");
-        let mut z = ZipWriter::create(&path).unwrap();
+        let mut z = ZipWriter::new(File::create(&path).unwrap()).unwrap();
         z.add_dir("esp").unwrap();
         z.add_file("esp/a.txt", b"hello").unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -405,7 +404,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-zip64-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.zip");
-        let mut z = ZipWriter::create(&path).unwrap();
+        let mut z = ZipWriter::new(File::create(&path).unwrap()).unwrap();
         let block = 4usize << 20;
         let total = (4u64 << 30) + 3 * block as u64;
         let mut data = vec![0u8; block];

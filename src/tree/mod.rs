@@ -119,12 +119,17 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                     return;
                 }
                 let what = format!("{}: {}", image.describe(), image.layers[i].describe(count));
-                let result = image.layer_tar(i, Some(&stage)).and_then(|mut tar| {
-                    let changes = layer::read_layer(&mut tar, store, &what)?;
-                    // Read to the end: the digest and diff_id are checked there.
-                    crate::image::blob::drain(tar).with_context(|| what.clone())?;
-                    Ok(changes)
-                });
+                let read = || {
+                    image.layer_tar(i, Some(&stage)).and_then(|mut tar| {
+                        let changes = layer::read_layer(&mut tar, store, &what)?;
+                        // Read to the end: the digest and diff_id are checked there.
+                        crate::image::blob::drain(tar).with_context(|| what.clone())?;
+                        Ok(changes)
+                    })
+                };
+                // A reader that panics must still answer, or the merge below waits forever.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("{what}: reading the layer failed (the panic above)")));
                 if result.is_err() {
                     failed.store(true, Ordering::SeqCst);
                 }

@@ -154,14 +154,15 @@ pub struct Boot<'a> {
     pub image: &'a Path,
     pub firmware: Firmware,
     pub arch: Arch,
-    /// The disk's logical sector size (512; Apple's NVMe has 4096).
-    pub logical_block_size: u32,
     /// Where the console and probe logs are kept (created if missing).
     pub log_dir: PathBuf,
     /// A name for the logs, e.g. the test's name.
     pub name: String,
     pub timeout: Duration,
     pub memory_mib: u32,
+    /// The disk's logical (and physical) sector size as the guest sees it when not 512
+    /// (4096: a 4Kn disk, as Apple's NVMe).
+    pub logical_block_size: Option<u32>,
 }
 
 impl<'a> Boot<'a> {
@@ -174,7 +175,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: 512, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB }
+        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB }
     }
 
     /// An aarch64 disk (UEFI, on `virt`).
@@ -234,17 +235,19 @@ impl<'a> Boot<'a> {
             .args(["-m", &self.memory_mib.to_string()])
             // No -no-reboot: shim's fallback loader (fbx64.efi) resets once after it has
             // written the firmware boot entry, as on real hardware.
-            .args(["-nographic", "-monitor", "none", "-nic", "none"]);
-        let drive = format!("file={},format={},snapshot=on", self.image.display(), format_of(self.image));
-        if self.logical_block_size == 512 {
-            cmd.arg("-drive").arg(format!("{drive},if=virtio"));
-        } else {
-            cmd.arg("-drive").arg(format!("{drive},if=none,id=disk")).arg("-device").arg(format!(
-                "virtio-blk-pci,drive=disk,logical_block_size={0},physical_block_size={0}",
-                self.logical_block_size
-            ));
-        }
-        cmd.arg("-serial")
+            .args(["-nographic", "-monitor", "none", "-nic", "none"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},format={},if=none,id=disk0,snapshot=on",
+                self.image.display(),
+                format_of(self.image)
+            ))
+            .arg("-device")
+            .arg(match self.logical_block_size {
+                Some(n) => format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
+                None => "virtio-blk-pci,drive=disk0".to_string(),
+            })
+            .arg("-serial")
             .arg(format!("file:{}", console.display()));
         match self.arch {
             Arch::X86_64 => cmd.arg("-serial").arg(format!("file:{}", probe.display())),

@@ -26,10 +26,17 @@ pub struct DiskFacts {
 
 impl DiskFacts {
     pub fn read(path: &Path) -> Result<DiskFacts> {
-        let disk = gpt::GptConfig::new().writable(false).open(path).map_err(|e| {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let no_gpt = |e: String| {
             anyhow::anyhow!("{} has no readable GPT ({e}): `kiln upload aws` takes a GPT disk image, such as `kiln bake --type raw` makes", path.display())
-        })?;
-        let types: Vec<String> = disk.partitions().values().map(|p| p.part_type_guid.guid.to_string().to_ascii_lowercase()).collect();
+        };
+        let entries = crate::disk::table::read_entries(&file, crate::disk::table::SECTOR).map_err(|e| no_gpt(format!("{e:#}")))?;
+        let mut header = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, crate::disk::table::SECTOR).map_err(|e| no_gpt(e.to_string()))?;
+        if &header != b"EFI PART" {
+            return Err(no_gpt("no GPT header at LBA 1".into()));
+        }
+        let types: Vec<String> = entries.iter().map(|e| e.type_guid.to_ascii_lowercase()).collect();
         if types.is_empty() {
             bail!("{} has a GPT without partitions: nothing to boot", path.display());
         }

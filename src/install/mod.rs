@@ -1,0 +1,77 @@
+//! `kiln install`: the image onto a machine's disk. `to-disk` is the bake with a block device
+//! as its disk (`bake::write_disk`, `disk::Target::Device`): the same plan, table, sysroot,
+//! deployment and bootloader code, after the checks of [`checks`] and with the device locked
+//! for the whole run. A run that fails or is interrupted leaves the device with an empty GPT
+//! and no boot code (`--preserve-on-error` keeps what was written, for a look at it).
+
+pub mod checks;
+pub mod to_filesystem;
+
+use anyhow::Result;
+use clap::{Args, FromArgMatches};
+
+use crate::bake;
+use crate::cli::{BakeArgs, InstallDeploymentArgs, ToDiskArgs, ToFilesystemArgs};
+use crate::disk::{self, blockdev::BlockDevice, Disk};
+use crate::interrupt;
+use crate::progress::Progress;
+use crate::workspace::RunDir;
+
+/// The layout `install to-disk` uses unless told: bootc's.
+const DEFAULT_LAYOUT: &str = "bootc";
+
+pub fn to_disk(args: &ToDiskArgs, progress: &Progress) -> Result<()> {
+    // First, before any thread starts: the mounts this run makes live and die with it.
+    disk::mountns::enter_private()?;
+    interrupt::install();
+    let checked = checks::check(&args.device, args.wipe)?;
+    let device = BlockDevice::open(&checked.path, checked.dev, checked.name)?;
+    device.lock()?;
+    let disk = Disk::device(device)?;
+    let run_dir = RunDir::create(progress)?;
+    let bake_args = args.bake_args()?;
+    let inputs = bake::Inputs::read(&bake_args)?;
+    let result = bake::write_disk(&bake_args, &inputs, &disk, run_dir.path(), progress).map(|_| ());
+    let Err(e) = interrupt::check().and(result) else {
+        progress.info(&format!("installed {} on {}", args.image, disk.name));
+        return Ok(());
+    };
+    if args.preserve_on_error {
+        progress.warn(&format!("--preserve-on-error: {} keeps what was written before the failure", disk.name));
+        return Err(e);
+    }
+    match disk.reset() {
+        Ok(()) => Err(e.context(format!("{} was left with an empty partition table", disk.name))),
+        Err(r) => Err(e.context(format!("clearing the partition table of {} failed too ({r:#}): wipe it before booting from it", disk.name))),
+    }
+}
+
+impl ToDiskArgs {
+    /// The bake's options for this install: the device sets the disk's size.
+    fn bake_args(&self) -> Result<BakeArgs> {
+        Ok(BakeArgs {
+            rootfs: self.filesystem.clone(),
+            layout: Some(self.layout.clone().unwrap_or_else(|| DEFAULT_LAYOUT.into())),
+            ..install_bake_args(&self.image, &self.deployment)?
+        })
+    }
+}
+
+impl ToFilesystemArgs {
+    pub(crate) fn bake_args(&self) -> Result<BakeArgs> {
+        install_bake_args(&self.image, &self.deployment)
+    }
+}
+
+/// The bake options an install shares; the rest (outputs, seed: a machine's disk gets fresh
+/// ids) are the bake's defaults.
+fn install_bake_args(image: &str, d: &InstallDeploymentArgs) -> Result<BakeArgs> {
+    let defaults = BakeArgs::augment_args(clap::Command::new("install")).try_get_matches_from(["install", image])?;
+    Ok(BakeArgs {
+        kargs: d.kargs.clone(),
+        target_imgref: d.target_imgref.clone(),
+        stateroot: d.stateroot.clone(),
+        source: d.source.clone(),
+        ..BakeArgs::from_arg_matches(&defaults)?
+    })
+}
