@@ -11,15 +11,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::boot::{Boot, Firmware};
 use common::registry::Registry;
+use common::running::Running;
 use common::{loops_under, mounts_under, run, test_image, Scratch};
 
 fn image_ref() -> String {
@@ -31,57 +30,6 @@ fn kiln(s: &Scratch) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.env("KILN_RUNTIME_DIR", s.path().join("run"));
     c
-}
-
-/// A running bake and its stderr, line by line.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Running {
-    fn start(mut cmd: Command) -> Running {
-        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Running { child, lines, log: Vec::new() }
-    }
-
-    /// Waits for the JSON event that starts `stage`; false if the bake ended first.
-    fn wait_for_stage(&mut self, stage: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_secs(1)) {
-                Ok(line) => {
-                    let hit = line.contains(&format!("\"stage\":\"{stage}\"")) && line.contains("\"event\":\"start\"");
-                    self.log.push(line);
-                    if hit {
-                        return true;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(_) => return false,
-            }
-        }
-        panic!("no {stage} stage within 300 s:\n{}", self.log.join("\n"));
-    }
-
-    fn kill9(&mut self) -> ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        self.child.wait().unwrap()
-    }
-
-    fn finish(mut self) -> (ExitStatus, String) {
-        let status = self.child.wait().unwrap();
-        self.log.extend(self.lines.iter());
-        (status, self.log.join("\n"))
-    }
 }
 
 fn bake_args(out: &Path, types: &str) -> Vec<String> {

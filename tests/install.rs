@@ -6,10 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::boot::{Boot, Firmware};
+use common::running::Running;
 use common::{run, test_image, Scratch};
 
 fn image_ref() -> String {
@@ -331,25 +332,13 @@ fn sigint_mid_install_leaves_an_empty_gpt() {
             args.push("--preserve-on-error");
         }
         args.extend_from_slice(&[&lo.dev, &image]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln")).args(&args).stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut all = String::new();
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"stage\":\"layers\"") && line.contains("\"progress\"") {
-                    let _ = tx.send(());
-                }
-                all += &line;
-                all.push('\n');
-            }
-            all
-        });
-        rx.recv_timeout(Duration::from_secs(300)).expect("the install never reached the layers");
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let status = child.wait().unwrap();
-        let err = reader.join().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(&args);
+        let mut inst = Running::start(cmd);
+        assert!(inst.wait_for_stage("layers"), "the install ended before the layers:\n{}", inst.log.join("\n"));
+        // Into the writing of the root.
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, err) = inst.signal(libc::SIGINT);
         assert!(!status.success(), "the install finished despite SIGINT:\n{err}");
         assert!(err.contains("interrupted"), "{err}");
         no_mounts_of(&lo);
@@ -380,29 +369,11 @@ fn kill_9_mid_install_leaves_no_table() {
     let s = Scratch::new("install-kill-9");
     let lo = Loop::new(&s, "disk.raw", "4G", &["--partscan"]);
     let image = image_ref();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["install", "to-disk", "--progress", "json", &lo.dev, &image])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("\"stage\":\"deploy\"") {
-                let _ = tx.send(());
-            }
-            all += &line;
-            all.push('\n');
-        }
-        all
-    });
-    rx.recv_timeout(Duration::from_secs(600)).expect("the install never reached the deploy stage");
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-    let log = reader.join().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(["install", "to-disk", "--progress", "json", &lo.dev, &image]);
+    let mut first = Running::start(cmd);
+    assert!(first.wait_for_stage("deploy"), "the install ended before the deploy stage:\n{}", first.log.join("\n"));
+    let (_, log) = first.signal(libc::SIGKILL);
     no_mounts_of(&lo);
     let dump = Command::new("sfdisk").arg("-d").arg(&lo.dev).output().unwrap();
     assert!(!dump.status.success(), "sfdisk still finds a table after kill -9:\n{}\n{log}", String::from_utf8_lossy(&dump.stdout));

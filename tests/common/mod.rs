@@ -7,6 +7,7 @@ pub mod gpt;
 pub mod moto;
 pub mod oci;
 pub mod registry;
+pub mod running;
 pub mod sid;
 pub mod treediff;
 
