@@ -26,12 +26,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::boot::{aarch64_machine_dtb, Boot};
 use common::gpt::{on_partition, partitions};
 use common::oci::{append_layer, write_layout, LayerBlob, RawTar};
-use common::{arm64_image, run, test_image, Scratch};
+use common::{arm64_image, bake_fails, kiln, run, test_image, Scratch};
 use serde_json::json;
 
 const AARCH64_ROOT: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
@@ -44,10 +44,6 @@ fn image_ref() -> String {
 /// The arm64 image's base root filesystem (what it was made from): the oracle for its files.
 fn base(path: &str) -> PathBuf {
     arm64_image().join("base").join(path)
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
 }
 
 /// Bakes `image` into `<scratch>/out` (no --target-arch: a single image is baked for its own
@@ -187,7 +183,7 @@ fn xfs_qcow2_with_a_devicetree_boots_on_it() {
     let report = boots("arm64-xfs-devicetree", &qcow2);
     assert!(report.checks.get("boot.devicetree").is_some_and(|c| c.pass), "no devicetree check:\n{report}");
     assert_eq!(report.info("firmware-tables"), Some("devicetree"), "{report}");
-    common_no_leftovers(s.path());
+    common::assert_no_leftovers(s.path());
 }
 
 #[test]
@@ -202,7 +198,7 @@ fn btrfs_raw_bootc_layout_boots_and_kiln_ran_nothing_from_the_image() {
     check_disk(&raw, &["EFI-SYSTEM", "root"], "btrfs");
     check_esp_shim(&raw);
     boots("arm64-btrfs", &raw);
-    common_no_leftovers(s.path());
+    common::assert_no_leftovers(s.path());
 }
 
 // ---- the Asahi package ----
@@ -311,7 +307,7 @@ fn asahi_package_reads_as_the_installer_reads_it_and_its_parts_boot() {
     report.assert_outcome(&[]);
     let root_info = report.info("root-size").unwrap();
     assert!(root_info.ends_with(&format!("partition {root_part}")), "{root_info}");
-    common_no_leftovers(s.path());
+    common::assert_no_leftovers(s.path());
 }
 
 /// Makes the disk the installer would leave on a Mac: GPT on 4 KiB sectors; an ESP of the
@@ -380,42 +376,6 @@ impl Drop for LoopDevice {
 }
 
 // ---- bad input ----
-
-fn no_partial_output(out: &Path) {
-    let mut files = Vec::new();
-    let mut todo = vec![out.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        if p.is_dir() {
-            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-        } else if p.exists() {
-            files.push(p);
-        }
-    }
-    assert!(files.is_empty(), "partial output left behind: {files:?}");
-}
-
-fn common_no_leftovers(dir: &Path) {
-    assert_eq!(common::loops_under(dir), Vec::<String>::new(), "loop devices left behind");
-    assert_eq!(common::mounts_under(dir), Vec::<String>::new(), "mounts left behind");
-}
-
-fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> String {
-    let out = s.path().join("out");
-    let mut args = vec!["bake", "--output", out.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args.push(image);
-    let o = kiln(&args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "bake succeeded but should have failed");
-    assert!(!err.contains("panicked"), "{err}");
-    println!("{}", err.lines().filter(|l| l.contains("error")).collect::<Vec<_>>().join("\n"));
-    for e in expect {
-        assert!(err.contains(e), "error lacks {e:?}:\n{err}");
-    }
-    no_partial_output(&out);
-    common_no_leftovers(s.path());
-    err
-}
 
 /// A bootable-looking image for `arch` with a kernel and the given files, in `dir`.
 fn tiny_image(dir: &Path, arch: &str, files: &[(&str, &str)]) -> String {
@@ -487,7 +447,7 @@ fn asahi_needs_an_arm64_image_with_m1n1_and_u_boot() {
     let o = kiln(&["convert", "--type", "asahi", "--output", s.path().join("c").to_str().unwrap(), raw.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("kiln bake --type asahi"), "{err}");
-    no_partial_output(&s.path().join("c"));
+    common::assert_no_partial_output(&s.path().join("c"));
 }
 
 #[test]
