@@ -141,6 +141,7 @@ def layer2(flavor, rootfs):
     l.file("usr/lib/bootc/install/00-kiln-test.toml", bootc_file("00-kiln-test.toml", arch))
     l.file("usr/lib/bootc/kargs.d/10-kiln-test.toml", bootc_file("10-kiln-test.toml", arch))
     l.file("usr/lib/bootc/kargs.d/20-other-arch.toml", bootc_file("20-other-arch.toml", arch))
+    l.file("usr/lib/bootc/kargs.d/41-emulation-x86.toml", open(f"{HERE}/bootc/41-emulation-x86.toml").read())
     if flavor == "sid":
         l.file("usr/lib/bootc/kargs.d/30-selinux.toml", open(f"{HERE}/bootc/30-selinux.toml").read())
         l.file("usr/lib/bootc/kargs.d/40-emulation.toml", open(f"{HERE}/bootc/40-emulation.toml").read())
