@@ -1,40 +1,42 @@
 //! Boots a disk image made from the test image under QEMU and prints the boot probe's report.
 //! The demo uses it; tests use the same harness (tests/common/boot.rs).
 //!
-//! usage: boot-probe DISK [uefi|bios]...     (default: uefi bios)
+//! usage: boot-probe DISK [uefi|bios|aarch64]...     (default: uefi bios; aarch64: an arm64
+//! disk, UEFI on QEMU's virt machine)
 
 #[allow(dead_code)]
 #[path = "../tests/common/boot.rs"]
 mod boot;
 
-use boot::{Boot, Firmware};
+use boot::{Arch, Boot, Firmware};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let Some(disk) = args.next().map(PathBuf::from) else {
-        eprintln!("usage: boot-probe DISK [uefi|bios]...");
+        eprintln!("usage: boot-probe DISK [uefi|bios|aarch64]...");
         return ExitCode::from(2);
     };
-    let mut modes: Vec<Firmware> = Vec::new();
+    let mut modes: Vec<(Arch, Firmware)> = Vec::new();
     for a in args {
         match a.as_str() {
-            "uefi" => modes.push(Firmware::Uefi),
-            "bios" => modes.push(Firmware::Bios),
+            "uefi" => modes.push((Arch::X86_64, Firmware::Uefi)),
+            "bios" => modes.push((Arch::X86_64, Firmware::Bios)),
+            "aarch64" => modes.push((Arch::Aarch64, Firmware::Uefi)),
             other => {
-                eprintln!("unknown firmware {other:?}: use uefi or bios");
+                eprintln!("unknown firmware {other:?}: use uefi, bios or aarch64");
                 return ExitCode::from(2);
             }
         }
     }
     if modes.is_empty() {
-        modes = vec![Firmware::Uefi, Firmware::Bios];
+        modes = vec![(Arch::X86_64, Firmware::Uefi), (Arch::X86_64, Firmware::Bios)];
     }
     let mut ok = true;
-    for fw in modes {
+    for (arch, fw) in modes {
         println!("== booting {} with {fw} (QEMU, software emulation: about a minute)", disk.display());
-        match Boot::new(&disk, fw, "demo").run() {
+        match (Boot { arch, ..Boot::new(&disk, fw, "demo") }).run() {
             Ok(report) => {
                 println!("{report}");
                 let failed = report.failed();

@@ -3,8 +3,9 @@
 # already present are skipped, so a second run makes no network requests.
 set -euo pipefail
 PKGS=(
-  # boot harness
-  qemu-system-x86 ovmf
+  # boot harness (x86_64: OVMF and SeaBIOS; aarch64: AAVMF on the virt machine), and fdtput
+  # to make the devicetree the aarch64 devicetree test ships
+  qemu-system-x86 ovmf qemu-system-arm qemu-efi-aarch64 device-tree-compiler
   # filesystems and partition tables (oracles and mkfs for the root filesystem)
   e2fsprogs xfsprogs btrfs-progs dosfstools mtools gdisk fdisk util-linux
   # install to-disk refusals: a partition held by device-mapper (where the kernel has it)
@@ -15,6 +16,8 @@ PKGS=(
   qemu-utils libxml2-utils python3-libvmdk
   # ISO oracles: xorriso/osirrox, isoinfo, 7z
   xorriso genisoimage p7zip-full
+  # the asahi package's oracles (unzip -t; the ESP the installer would format, filled by mtools)
+  unzip
   # the reference pipeline (the speed peer)
   grub-efi-amd64-bin grub-pc-bin grub-common
   # local registry tests
@@ -56,5 +59,19 @@ if [ "$(cat "$MOTO_VENV/.kiln-stamp" 2>/dev/null)" != "$stamp" ]; then
   "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check -r "$MOTO_REQS"
   "$MOTO_VENV/bin/python" -c "import moto.server, boto3"
   echo "$stamp" > "$MOTO_VENV/.kiln-stamp"
+fi
+# qemu-aarch64-static builds the arm64 test image (base.sh runs its dpkg and dracut under
+# emulation). Only the binary is taken from the package: installing qemu-user-static would leave
+# binfmt handlers registered for good, and kiln's arm64 bake test checks that none is (kiln must
+# never need to run the image's binaries). base.sh registers it for its own run only.
+QEMU_USER=${KILN_QEMU_USER_DIR:-/opt/kiln-qemu-user}
+if [ ! -x "$QEMU_USER/qemu-aarch64-static" ]; then
+  echo "setup: extracting qemu-aarch64-static into $QEMU_USER"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq qemu-user-static >/dev/null 2>&1 || { apt-get update -qq && apt-get download -qq qemu-user-static; })
+  mkdir -p "$QEMU_USER"
+  dpkg-deb --fsys-tarfile "$tmp"/qemu-user-static_*.deb | tar -x -C "$tmp" ./usr/bin/qemu-aarch64-static
+  mv "$tmp/usr/bin/qemu-aarch64-static" "$QEMU_USER/"
+  rm -rf "$tmp"
 fi
 echo "setup: all packages present"

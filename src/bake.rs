@@ -99,9 +99,22 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     let mut written = Vec::new();
     for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
         interrupt::check()?;
-        let out = PendingFile::create_for(path)?;
-        output::write(*format, &raw_disk, &out, path, &args.ova.options(), progress)?;
-        written.push((out, path.clone()));
+        match (format, &baked.asahi) {
+            // The package's name comes from the image: known only now.
+            (Format::Asahi, Some(package)) => {
+                let dir = path.parent().unwrap();
+                let (zip, _) = output::asahi::paths(package, dir);
+                if zip.exists() && !args.force {
+                    bail!("{} already exists: remove it or pass --force to replace it", zip.display());
+                }
+                written.extend(output::asahi::write(&raw_disk, package, dir, progress)?);
+            }
+            _ => {
+                let out = PendingFile::create_for(path)?;
+                output::write(*format, &raw_disk, &out, path, &args.ova.options(), progress)?;
+                written.push((out, path.clone()));
+            }
+        }
     }
     if let Some(session) = &aws {
         interrupt::check()?;
@@ -123,6 +136,14 @@ pub struct Baked {
     arch: String,
     /// The default AMI name: the image's name and version.
     ami_name: String,
+    /// What the Asahi package is made of besides the disk, when it was asked for.
+    asahi: Option<output::asahi::Package>,
+}
+
+/// `--type asahi` was asked for: the disk is also made into an Asahi package (4 KiB-sector
+/// filesystems, a root that grows, m1n1/boot.bin on the ESP).
+fn asahi_wanted(args: &BakeArgs) -> bool {
+    args.types.iter().any(|t| Format::parse(t).is_ok_and(|f| f == Format::Asahi))
 }
 
 /// The files of the image the disk's layout depends on: the bootc install configuration and
@@ -210,7 +231,14 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     if let Some(size) = disk.fixed_size() {
         disk::check_fits(&disk.name, size, &layout, root_min)?;
     }
-    let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
+    let mut plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
+    // The Asahi installer copies the filesystems onto 4 KiB-sector NVMe partitions it makes
+    // as large as the user wants; a 4Kn disk gets its filesystems made for it as well.
+    let asahi = asahi_wanted(args);
+    (plan.sector_4k, plan.grow_root) = (asahi || disk.sector_size() > table::SECTOR, asahi);
+    if asahi && plan.part(Role::Esp).is_none() {
+        bail!("--type asahi needs a layout with an ESP: the Asahi installer makes the EFI partition from it");
+    }
     drop(scan);
 
     if disk.fixed_size().is_none() {
@@ -245,7 +273,7 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
         partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
     });
     let mut target = SystemTarget { plan: &plan, sysroot: &mut sysroot, ids: &ids, image_disk_known };
-    write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
+    let asahi = write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
         e.close(&disk.file, p)?;
     }
@@ -255,16 +283,27 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     table.commit()?;
     disk.file.sync_all().with_context(|| format!("writing {} failed (is its disk full?)", disk.name))?;
     stage.finish();
-    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image) })
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image), asahi })
 }
 
-/// Opens the image, checks it is bootable, finds its platform and fetches its layers.
+/// Opens the image, checks it is bootable (and, for `--type asahi`, an Apple Silicon one),
+/// finds its platform and fetches its layers.
 pub fn open_image(args: &BakeArgs, progress: &Progress) -> Result<(Image, Platform)> {
     let opts = args.source.open_options();
     let image = Image::open(&args.image, &opts)?;
     image.require_bootable_label()?;
     let arch = if image.config.architecture.is_empty() { opts.arch.clone() } else { image.config.architecture.clone() };
-    let platform = Platform::for_oci_arch(&arch)?;
+    let platform = Platform::for_oci_arch(&arch).with_context(|| image.describe())?;
+    if asahi_wanted(args) && platform.bootloader.m1n1.is_none() {
+        bail!(
+            "--type asahi makes a package for Apple Silicon Macs, which run arm64 images; {} is an {arch} image{}",
+            image.describe(),
+            if opts.arch_given { String::new() } else { " (for a multi-platform image, add --target-arch arm64)".to_string() }
+        );
+    }
+    if arch != opts.arch {
+        progress.info(&format!("baking for {arch}, the image's architecture"));
+    }
     image.fetch_layers(progress)?;
     interrupt::check()?;
     Ok((image, platform))
@@ -282,7 +321,8 @@ pub struct SystemTarget<'a> {
 }
 
 /// Writes the system into its sysroot: the deployment, then the bootloader into `esp` and
-/// `bios`.
+/// `bios`. With `--type asahi`, m1n1's boot.bin goes on the ESP too, and what the package is
+/// made of besides the disk is returned.
 #[allow(clippy::too_many_arguments)]
 pub fn write_system(
     args: &BakeArgs,
@@ -290,13 +330,21 @@ pub fn write_system(
     image: &Image,
     platform: &Platform,
     target: &mut SystemTarget<'_>,
-    esp: Option<&mut (dyn EspWriter + 'static)>,
+    mut esp: Option<&mut (dyn EspWriter + 'static)>,
     bios: Option<BiosTarget<'_>>,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<Option<output::asahi::Package>> {
     let SystemTarget { plan, ref mut sysroot, ids, image_disk_known } = *target;
     let Deployed { deployment, policy, verity } =
         write_deployment(args, inputs, image, platform, plan, sysroot, ids, image_disk_known, progress).map_err(explain_enospc)?;
+    let m1n1 = platform.bootloader.m1n1.as_ref().filter(|_| asahi_wanted(args));
+    let image_root = bootloader::image_files::ImageRoot::new(&deployment.dir);
+    let boot_bin = m1n1.map(|m| bootloader::m1n1::assemble(&image_root, &deployment.kver, m)).transpose()?;
+    if let (Some(b), Some(m)) = (&boot_bin, m1n1) {
+        if !b.ignored.is_empty() {
+            progress.warn(&format!("m1n1/boot.bin: lines of the image's /{} m1n1 does not take were left out: {}", m.config, b.ignored.join("; ")));
+        }
+    }
     let stage = progress.stage("bootloader", None);
     let boot_part = plan.part(Role::Boot);
     let boot_dir = sysroot.root.join("boot");
@@ -307,11 +355,15 @@ pub fn write_system(
             separate_partition: boot_part.is_some(),
         },
         entries_dir: sysroot.root.join("boot/loader/entries"),
-        esp: esp.map(|e| e as &mut dyn EspWriter),
+        esp: esp.as_deref_mut().map(|e| e as &mut dyn EspWriter),
         bios,
     };
     bootloader::install(&platform.bootloader, &deployment.dir, target)?;
+    if let (Some(b), Some(e)) = (&boot_bin, esp) {
+        bootloader::m1n1::install(b, e)?;
+    }
     stage.finish();
+    let asahi = m1n1.map(|m| asahi_package(image, &deployment.dir, &image_root, m, plan)).transpose()?;
     if let Some(policy) = &policy {
         let stage = progress.stage("labels", None);
         label_what_is_left(policy.labeler(), sysroot, &deployment)?;
@@ -324,11 +376,35 @@ pub fn write_system(
         sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
         stage.finish();
     }
-    Ok(())
+    Ok(asahi)
+}
+
+/// The Asahi package's names and icon, from the image, and the disk's partitions it is made of.
+fn asahi_package(image: &Image, deployment: &Path, image_root: &bootloader::image_files::ImageRoot, m1n1: &bootloader::M1n1Platform, plan: &disk::Plan) -> Result<output::asahi::Package> {
+    let pretty = ostree::deploy::os_release(deployment, "PRETTY_NAME");
+    let (name, version) = image_name_and_version(image);
+    let labels = image.labels();
+    // The installer's menu shows the image's title and version when it has them.
+    let menu_name = match (labels.get("org.opencontainers.image.title"), labels.get("org.opencontainers.image.version")) {
+        (Some(t), Some(v)) => format!("{t} {v}"),
+        (Some(t), None) => t.clone(),
+        (None, _) => pretty.clone().unwrap_or_else(|| format!("{name} {version}")),
+    };
+    let os_id = ostree::deploy::os_release(deployment, "ID").unwrap_or_else(|| "linux".into());
+    Ok(output::asahi::Package {
+        name: output::asahi::package_name(&name, &version),
+        os_name: pretty.unwrap_or_else(|| menu_name.clone()),
+        menu_name,
+        icon: bootloader::m1n1::icon(image_root, m1n1, &os_id)?,
+        supported_fw: m1n1.supported_fw.clone(),
+        esp: plan.part(Role::Esp).context("the layout has no ESP")?.clone(),
+        boot: plan.part(Role::Boot).cloned(),
+        root: plan.root().clone(),
+    })
 }
 
 /// The image's title and version labels, else its repository's name and manifest digest.
-fn default_ami_name(image: &Image) -> String {
+fn image_name_and_version(image: &Image) -> (String, String) {
     let labels = image.labels();
     let name = labels.get("org.opencontainers.image.title").cloned().unwrap_or_else(|| {
         let reference = image.source.registry_form().unwrap_or_else(|| image.source.to_string());
@@ -338,6 +414,11 @@ fn default_ami_name(image: &Image) -> String {
     let version = labels.get("org.opencontainers.image.version").cloned().unwrap_or_else(|| {
         image.manifest_digest.trim_start_matches("sha256:").chars().take(12).collect()
     });
+    (name, version)
+}
+
+fn default_ami_name(image: &Image) -> String {
+    let (name, version) = image_name_and_version(image);
     aws::default_ami_name(&name, &version)
 }
 
@@ -359,10 +440,11 @@ fn choose_layout(args: &BakeArgs, inputs: &Inputs, image_disk: &ImageDisk, platf
             image_disk.config.as_ref()
         }
     };
-    match custom {
-        Some(d) => disk::custom::apply(&base, d, rootfs),
-        None => Ok(base),
-    }
+    let layout = match custom {
+        Some(d) => disk::custom::apply(&base, d, rootfs)?,
+        None => base,
+    };
+    layout.for_firmware(&platform.arch.firmware)
 }
 
 /// The day passwords are set (shadow's lastchg, days since 1970-01-01): today, or for a seeded

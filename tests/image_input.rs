@@ -201,11 +201,20 @@ fn refuses_a_layer_whose_diff_id_differs() {
     assert!(err.contains("does not match"), "{err}");
 }
 
+/// A single image is taken for its own architecture unless --target-arch names another.
 #[test]
-fn refuses_an_image_for_another_architecture_only() {
+fn refuses_an_image_for_another_architecture_than_the_one_asked() {
     let s = Scratch::new("image-bad-arch");
     let reference = write_layout(&s.path().join("layout"), &[LayerBlob { tar: base().finish(), gzip: true }], json!({}), "s390x");
-    refuse_ref(&s, &reference, &["linux/s390x", "--target-arch"]);
+    let out = s.path().join("rootfs");
+    let err = kiln_err(&["image", "unpack", "--target-arch", "amd64", &reference, out.to_str().unwrap()]);
+    for e in ["linux/s390x", "--target-arch s390x"] {
+        assert!(err.contains(e), "error lacks {e:?}:\n{err}");
+    }
+    assert!(!out.exists(), "unpack left {} behind after failing", out.display());
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["image", "unpack", &reference, out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("etc/hostname")).unwrap(), "x\n");
 }
 
 #[test]

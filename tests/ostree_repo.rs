@@ -177,3 +177,65 @@ fn a_sysroot_with_a_deployment_is_refused() {
     let err = ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap_err().to_string();
     assert!(err.contains("already holds a deployment") && err.contains("--stateroot"), "{err}");
 }
+
+/// A kernel's device trees deployed as `ostree admin deploy` deploys them: the same boot
+/// checksum (kernel, initramfs, then the trees), the same files under /boot, the same BLS key
+/// (`devicetree` for a single file, `fdtdir` for a `dtb/` directory). ostree (Debian's CLI)
+/// deploys the very commit kiln made, into a sysroot of its own.
+#[test]
+fn device_trees_are_deployed_as_ostree_deploys_them() {
+    for (name, trees) in [
+        ("dtb-dir", vec!["dtb/vendor-b/board-2.dtb", "dtb/vendor-a/board-1.dtb", "dtb/top.dtb"]),
+        ("devicetree", vec!["devicetree", "dtb/ignored.dtb"]),
+    ] {
+        let s = Scratch::new(&format!("ostree-devicetree-{name}"));
+        let input = s.path().join("input");
+        let w = |p: &str, c: &str| {
+            let p = input.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, c).unwrap();
+        };
+        w("usr/lib/modules/6.1.0-dt/vmlinuz", "kernel\n");
+        w("usr/lib/modules/6.1.0-dt/initramfs.img", "initramfs\n");
+        for t in &trees {
+            w(&format!("usr/lib/modules/6.1.0-dt/{t}"), &format!("tree {t}\n"));
+        }
+        w("usr/lib/os-release", "PRETTY_NAME=\"Test OS 1\"\nID=test\n");
+        w("usr/etc/hostname", "t\n");
+        std::fs::create_dir_all(input.join("boot")).unwrap();
+
+        let ours = s.path().join("kiln");
+        std::fs::create_dir_all(ours.join("boot")).unwrap();
+        let repo = Repo::create(&ours.join("ostree/repo"), ostree::SYSROOT_CONFIG).unwrap();
+        let (root, _) = ostree::convert(tree::from_dir::from_dir(&input, &repo).unwrap()).unwrap();
+        let (tree_csum, meta) = ostree::commit::write_tree(&repo, &root, "", &mut HashSet::new()).unwrap();
+        let commit = repo.write_metadata(object::Kind::Commit, &object::commit(ostree::gvariant::dict_sv(vec![]), 0, &tree_csum, &meta)).unwrap();
+        let kargs = vec!["root=UUID=1234".to_string()];
+        let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &kargs, version: None, image: "x/y:z", labels: None, selinux_state: "disabled", object_verity: None };
+        let dep = ostree::deploy(&ours, &repo, &commit, &root, &opts).unwrap();
+
+        let theirs = s.path().join("ostree");
+        let hex = object::hex(&commit);
+        std::fs::create_dir_all(&theirs).unwrap();
+        run(Command::new("ostree").args(["admin", "init-fs"]).arg(&theirs));
+        let sysroot = format!("--sysroot={}", theirs.display());
+        run(Command::new("ostree").args(["admin", "os-init", "default", &sysroot]));
+        run(Command::new("ostree").arg(format!("--repo={}", theirs.join("ostree/repo").display())).arg("pull-local").arg(ours.join("ostree/repo")).arg(&hex));
+        run(Command::new("ostree").args(["admin", "deploy", &sysroot, "--os=default", "--karg=root=UUID=1234", &hex]));
+
+        let bootdirs = |sysroot: &Path| -> Vec<String> { std::fs::read_dir(sysroot.join("boot/ostree")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect() };
+        assert_eq!(bootdirs(&ours), bootdirs(&theirs), "{name}: the boot checksum differs from ostree's");
+        assert_eq!(bootdirs(&ours), [format!("default-{}", dep.bootcsum)]);
+        let entry_dir = theirs.join("boot/loader/entries");
+        let their_entry = std::fs::read_to_string(std::fs::read_dir(&entry_dir).unwrap().next().unwrap().unwrap().path()).unwrap();
+        let our_entry = std::fs::read_to_string(&dep.entry.path).unwrap();
+        let dt_line = |e: &str| e.lines().find(|l| l.starts_with("devicetree ") || l.starts_with("fdtdir ")).map(str::to_string);
+        assert!(dt_line(&their_entry).is_some(), "{name}: ostree wrote no device tree line:\n{their_entry}");
+        // kiln's entries name every file under /boot/ (its linux and initrd too; on a separate
+        // /boot, ostree's `boot -> .` symlink resolves them); ostree's, here, from /boot's root.
+        let ours_line = dt_line(&our_entry).map(|l| l.replacen(" /boot/ostree/", " /ostree/", 1));
+        assert_eq!(ours_line, dt_line(&their_entry), "{name}:\nkiln:\n{our_entry}\nostree:\n{their_entry}");
+        let boot_files = |sysroot: &Path| snapshot(&sysroot.join("boot/ostree"), &[]);
+        assert_same(&boot_files(&ours), &boot_files(&theirs), &format!("{name}: kiln's /boot/ostree vs ostree's"));
+    }
+}

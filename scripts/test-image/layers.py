@@ -3,8 +3,11 @@
 
 usage: layers.py ROOTFS OUT_OCI_DIR [FLAVOR]
 
-FLAVOR (bookworm or sid, see base.sh) changes only the version label and, for sid, adds the
-kargs.d file that turns SELinux on.
+FLAVOR (bookworm, sid or bookworm-arm64, see base.sh) changes the version label, the
+architecture (the image config's, and the one the kargs files name), and adds: for sid, the
+kargs.d file that turns SELinux on; for arm64, what an Apple Silicon image carries besides
+m1n1 and U-Boot (device trees for Apple machines, stand-ins compiled here since Debian's
+kernel has none, and a boot picker icon).
 
 Layers, each exercising a different encoding and layer semantics:
   1. the base OS (GNU tar, posix format with xattrs), gzip
@@ -84,7 +87,41 @@ class Layer:
         return self.buf.getvalue()
 
 
-def layer2(flavor):
+# Per architecture: the OCI name, the kernel's (kargs.d's match-architectures), the other one,
+# and the serial console the kernel writes to (on aarch64 `virt`, the PL011).
+ARCHES = {
+    "amd64": {"ARCH": "x86_64", "OTHER_ARCH": "aarch64", "CONSOLE": "ttyS0,115200n8"},
+    "arm64": {"ARCH": "aarch64", "OTHER_ARCH": "x86_64", "CONSOLE": "ttyAMA0"},
+}
+FLAVORS = {"bookworm": ("12", "amd64"), "sid": ("sid", "amd64"), "bookworm-arm64": ("12", "arm64")}
+# Apple machines' device trees (stand-ins) under the kernel's dtb directory, as Fedora's kernel
+# ships them: m1n1/boot.bin takes t6*.dtb and t81*.dtb (asahi-scripts' update-m1n1), not the
+# t8015 (an iPhone's SoC).
+APPLE_DTBS = {
+    "t8103-j274.dtb": ("apple,j274", "apple,t8103", "Apple Mac mini (M1, 2020)"),
+    "t8112-j413.dtb": ("apple,j413", "apple,t8112", "Apple MacBook Air (13-inch, M2, 2022)"),
+    "t6000-j314s.dtb": ("apple,j314s", "apple,t6000", "Apple MacBook Pro (14-inch, M1 Pro, 2021)"),
+    "t6001-j375c.dtb": ("apple,j375c", "apple,t6001", "Apple Mac Studio (M1 Max, 2022)"),
+    "t8015-fixture.dtb": ("apple,d22", "apple,t8015", "iPhone X (not for m1n1/boot.bin)"),
+}
+
+
+def bootc_file(name, arch):
+    text = open(f"{HERE}/bootc/{name}").read()
+    for k, v in ARCHES[arch].items():
+        text = text.replace(f"@{k}@", v)
+    return text
+
+
+def dtb(compatible, soc, model):
+    dts = (f'/dts-v1/;\n/ {{\n  compatible = "{compatible}", "{soc}", "apple,arm-platform";\n'
+           f'  model = "{model}";\n  #address-cells = <2>;\n  #size-cells = <2>;\n}};\n')
+    return subprocess.run(["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", "-"], input=dts.encode(),
+                          check=True, stdout=subprocess.PIPE).stdout
+
+
+def layer2(flavor, rootfs):
+    arch = FLAVORS[flavor][1]
     l = Layer(tarfile.GNU_FORMAT)
     for d in ["usr", "usr/share", T, f"{T}/opaque", f"{T}/was-dir", "usr/lib", "usr/lib/bootc",
               "usr/lib/bootc/install", "usr/lib/bootc/kargs.d", "usr/libexec", "usr/lib/systemd",
@@ -101,15 +138,26 @@ def layer2(flavor):
     l.file("etc/kiln-test/config", "from-image")
     l.file("etc/kiln-test/deleted", "deleted by layer 3")
     l.file("var/lib/kiln-test/seed", "seeded from image")
-    l.file("usr/lib/bootc/install/00-kiln-test.toml", open(f"{HERE}/bootc/00-kiln-test.toml").read())
-    l.file("usr/lib/bootc/kargs.d/10-kiln-test.toml", open(f"{HERE}/bootc/10-kiln-test.toml").read())
-    l.file("usr/lib/bootc/kargs.d/20-other-arch.toml", open(f"{HERE}/bootc/20-other-arch.toml").read())
+    l.file("usr/lib/bootc/install/00-kiln-test.toml", bootc_file("00-kiln-test.toml", arch))
+    l.file("usr/lib/bootc/kargs.d/10-kiln-test.toml", bootc_file("10-kiln-test.toml", arch))
+    l.file("usr/lib/bootc/kargs.d/20-other-arch.toml", bootc_file("20-other-arch.toml", arch))
+    l.file("usr/lib/bootc/kargs.d/41-emulation-x86.toml", open(f"{HERE}/bootc/41-emulation-x86.toml").read())
     if flavor == "sid":
         l.file("usr/lib/bootc/kargs.d/30-selinux.toml", open(f"{HERE}/bootc/30-selinux.toml").read())
         l.file("usr/lib/bootc/kargs.d/40-emulation.toml", open(f"{HERE}/bootc/40-emulation.toml").read())
         # The policy knows /root, /home…; a bootc image keeps them in /var, as Fedora's policy
         # says with the same aliases. A policy file from a layer above the policy's own.
         l.file("etc/selinux/default/contexts/files/file_contexts.subs", open(f"{HERE}/bootc/file_contexts.subs").read())
+    if arch == "arm64":
+        (kver,) = os.listdir(f"{rootfs}/usr/lib/modules")
+        modules = f"usr/lib/modules/{kver}"
+        for d in [modules, f"{modules}/dtb", f"{modules}/dtb/apple", "usr/share/pixmaps",
+                  "usr/share/pixmaps/bootloader"]:
+            l.dir(d)
+        for name, (compatible, soc, model) in sorted(APPLE_DTBS.items()):
+            l.file(f"{modules}/dtb/apple/{name}", dtb(compatible, soc, model))
+        # The boot picker icon, where fedora-logos puts Fedora's (bootloader/fedora.icns).
+        l.file("usr/share/pixmaps/bootloader/debian.icns", b"icns\x00\x00\x00\x10kiln-test")
     l.file("usr/libexec/kiln-probe", open(f"{HERE}/probe/kiln-probe", "rb").read(), mode=0o755)
     l.file("usr/lib/systemd/system/kiln-probe.service", open(f"{HERE}/probe/kiln-probe.service").read())
     l.symlink("usr/lib/systemd/system/multi-user.target.wants/kiln-probe.service", "../kiln-probe.service")
@@ -178,7 +226,7 @@ MEDIA = {
 def main():
     rootfs, out = sys.argv[1], sys.argv[2]
     flavor = sys.argv[3] if len(sys.argv) > 3 else "bookworm"
-    version = {"bookworm": "12", "sid": "sid"}[flavor]
+    version, arch = FLAVORS[flavor]
     os.makedirs(f"{out}/blobs/sha256")
 
     def put_blob(data):
@@ -189,7 +237,7 @@ def main():
 
     layers = [
         (base_layer(rootfs), "gzip", f"debootstrap {flavor} base, kernel, dracut+ostree, shim, GRUB"),
-        (layer2(flavor), "zstd", "bootc install config, kargs.d, boot probe, fixtures"),
+        (layer2(flavor, rootfs), "zstd", "bootc install config, kargs.d, boot probe, fixtures"),
         (layer3(), "gzip", "layer semantics: whiteouts, opaque dir, links, modes, owners, xattrs, names"),
         (layer4(), "none", "an uncompressed layer"),
     ]
@@ -204,7 +252,7 @@ def main():
     osrel = dict(l.split("=", 1) for l in open(f"{rootfs}/usr/lib/os-release").read().split("\n") if "=" in l)
     config = {
         "created": "2023-11-14T22:13:20Z",
-        "architecture": "amd64",
+        "architecture": arch,
         "os": "linux",
         "config": {
             "Cmd": ["/sbin/init"],

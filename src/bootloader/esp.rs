@@ -62,14 +62,13 @@ pub fn locate(image: &ImageRoot, platform: &BootloaderPlatform, uefi: &UefiPlatf
         found
     } else if let Some(files) = tree(image, &join(&platform.bootupd_updates, EFI_DIR), "")? {
         (EspSource::BootupdUpdates, files)
-    } else if let Some(fallback) = &uefi.fallback {
-        return fallback_content(image, uefi, fallback);
     } else {
-        bail!(
-            "the image has no UEFI bootloader: neither /{}/<package>/<version>/EFI nor /{}/{EFI_DIR}",
-            uefi.efi_components,
-            platform.bootupd_updates
-        );
+        // What was looked for, for the message when the fallback finds nothing either.
+        let searched = format!("/{}/<package>/<version>/{EFI_DIR}, /{}/{EFI_DIR}", uefi.efi_components, platform.bootupd_updates);
+        match &uefi.fallback {
+            Some(fallback) => return fallback_content(image, uefi, fallback, &searched),
+            None => bail!("the image has no UEFI bootloader: none of {searched} exists"),
+        }
     };
     let vendor = vendor_dir(&files, uefi)?;
     let grub_image_path = files.get(&format!("{vendor}/{}", uefi.grub)).map(|f| f.image_path.clone());
@@ -142,20 +141,31 @@ fn inspect_grub(image: &ImageRoot, path: &str, vendor: &str) -> Result<GrubEfi> 
 }
 
 /// The fallback list; the vendor directory is the one the GRUB it names was built to read.
-fn fallback_content(image: &ImageRoot, uefi: &UefiPlatform, fallback: &super::platform::UefiFallback) -> Result<EspContent> {
+/// `searched` names the layouts looked for before, for messages.
+fn fallback_content(image: &ImageRoot, uefi: &UefiPlatform, fallback: &super::platform::UefiFallback, searched: &str) -> Result<EspContent> {
     let grub_target = format!("{VENDOR_PLACEHOLDER}/{}", uefi.grub);
     let grub_copy = fallback.files.iter().find(|f| f.to == grub_target).with_context(|| format!("the platform's UEFI fallback names no {grub_target}"))?;
+    let missing: Vec<String> = fallback.files.iter().map(|f| f.from.as_str()).filter(|p| !image.exists(p).unwrap_or(false)).map(|p| format!("/{p}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     if !image.exists(&grub_copy.from)? {
-        bail!("the image has no UEFI bootloader: no /{} (bootupd's layout and /usr/lib/efi are absent too)", grub_copy.from);
+        bail!(
+            "the image has no UEFI bootloader: none of {searched} exists, nor /{} ({}'s signed GRUB; also missing: {})",
+            grub_copy.from,
+            fallback.packages.join(", "),
+            missing.join(", ")
+        );
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the image has neither {searched} nor all of the files of {} that replace them: {} missing",
+            fallback.packages.join(", "),
+            missing.join(", ")
+        );
     }
     let grub = grub_efi::inspect(&image.read(&grub_copy.from)?).with_context(|| format!("reading the image's /{}", grub_copy.from))?;
     let grub_image_path = Some(grub_copy.from.clone());
     let vendor = grub.prefix_vendor().with_context(|| format!("the image's /{} has no /EFI/<vendor> prefix built in", grub_copy.from))?.to_string();
     let mut files = BTreeMap::new();
     for copy in &fallback.files {
-        if !image.exists(&copy.from)? {
-            bail!("the image has no /{}, which the UEFI fallback needs", copy.from);
-        }
         let to = copy.to.replace(VENDOR_PLACEHOLDER, &vendor);
         files.insert(to, EspFile { image_path: copy.from.clone(), source: copy.from.clone() });
     }

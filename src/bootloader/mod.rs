@@ -20,6 +20,7 @@ mod grub_cfg;
 mod grub_efi;
 pub mod image_files;
 mod le;
+pub mod m1n1;
 mod moddep;
 mod packages;
 mod platform;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 
 pub use bios::BiosBootPartition;
-pub use platform::{BiosPlatform, BootloaderPlatform, FileCopy, UefiFallback, UefiPlatform};
+pub use platform::{BiosPlatform, BootloaderPlatform, FileCopy, M1n1Platform, UefiFallback, UefiPlatform};
 
 use esp::{EspContent, EspSource};
 use image_files::{join, ImageRoot};

@@ -18,6 +18,8 @@ pub struct BootloaderPlatform {
     pub package_db: String,
     pub uefi: Option<UefiPlatform>,
     pub bios: Option<BiosPlatform>,
+    /// Apple Silicon's m1n1 stage 2 (`m1n1/boot.bin` on the ESP).
+    pub m1n1: Option<M1n1Platform>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -59,4 +61,24 @@ pub struct BiosPlatform {
     pub core_modules: Vec<String>,
     /// Packages whose versions describe the BIOS bootloader when `BIOS.json` is absent.
     pub packages: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct M1n1Platform {
+    /// Where images keep m1n1's stage 2 binary, first found wins.
+    pub m1n1: Vec<String>,
+    /// Where images keep U-Boot for Apple machines (without device tree), first found wins.
+    pub u_boot: Vec<String>,
+    /// Directories of the kernel's Apple device trees; `@KVER@` is the kernel's version.
+    pub dtb_dirs: Vec<String>,
+    /// The device trees taken from that directory, in this order (`*` matches any characters).
+    pub dtbs: Vec<String>,
+    /// m1n1's configuration in the image, and the line prefixes taken from it as variables.
+    pub config: String,
+    pub config_keys: Vec<String>,
+    /// The boot picker icon's directory (`<os-release ID>.icns` in it).
+    pub icon_dir: String,
+    /// macOS firmware versions the Asahi installer may pair with this m1n1.
+    pub supported_fw: Vec<String>,
 }

@@ -106,6 +106,42 @@ impl Esp {
     }
 }
 
+/// One entry of an ESP's tree: a directory, or a file with its bytes.
+pub enum TreeEntry {
+    Dir(String),
+    File(String, Vec<u8>),
+}
+
+/// Every directory and file of the FAT filesystem in `part` of `disk`, a directory before
+/// what it holds, names in order; paths are `/`-separated, relative to the ESP's root.
+pub fn read_tree(disk: &File, part: &Partition) -> Result<Vec<TreeEntry>> {
+    fn walk(dir: fatfs::Dir<'_, Region>, prefix: &str, out: &mut Vec<TreeEntry>) -> Result<()> {
+        let mut entries: Vec<_> = dir.iter().collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = format!("{prefix}{name}");
+            if e.is_dir() {
+                out.push(TreeEntry::Dir(path.clone()));
+                walk(e.to_dir(), &format!("{path}/"), out)?;
+            } else {
+                let mut data = Vec::new();
+                e.to_file().read_to_end(&mut data).with_context(|| format!("reading {path} on the ESP"))?;
+                out.push(TreeEntry::File(path, data));
+            }
+        }
+        Ok(())
+    }
+    let region = Region::new(disk, part.offset, part.size)?;
+    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).context("not a FAT filesystem")?;
+    let mut out = Vec::new();
+    walk(fs.root_dir(), "", &mut out)?;
+    Ok(out)
+}
+
 const ENTRY: usize = 32;
 const ATTR_LFN: u8 = 0x0f;
 const ATTR_DIR: u8 = 0x10;

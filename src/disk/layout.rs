@@ -30,6 +30,17 @@ pub enum Role {
     Data,
 }
 
+impl Role {
+    /// The firmware a partition of this role is there for, if it serves one.
+    pub fn firmware(self) -> Option<&'static str> {
+        match self {
+            Role::BiosBoot => Some("bios"),
+            Role::Esp => Some("uefi"),
+            _ => None,
+        }
+    }
+}
+
 /// How the installed system learns its mounts (bootc-image-builder's `mount_configuration`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -158,6 +169,20 @@ impl Layout {
         Ok(())
     }
 
+    /// The layout for a platform whose machines boot with `firmware`: a partition there for
+    /// another firmware (the BIOS boot partition, on aarch64) is left out. One layout thus
+    /// serves every platform, and says in its roles what each boot partition is for.
+    pub fn for_firmware(mut self, firmware: &[String]) -> Result<Layout> {
+        let serves = |p: &PartitionSpec| p.role.firmware().is_none_or(|f| firmware.iter().any(|x| x == f));
+        self.partitions.retain(serves);
+        ensure!(
+            self.partitions.iter().any(|p| p.role.firmware().is_some()),
+            "the layout has no partition to boot from with {} firmware: add an ESP (role = \"esp\")",
+            firmware.join(" or ")
+        );
+        Ok(self)
+    }
+
     /// The root's minimum size from the layout (`min_size`), if any.
     pub fn root_min(&self) -> Result<u64> {
         self.partitions.iter().filter_map(|p| p.min_size.as_deref()).map(parse_size).sum()
@@ -235,6 +260,12 @@ pub struct Plan {
     pub disk_guid: String,
     pub partitions: Vec<Partition>,
     pub mounts: MountScheme,
+    /// The filesystems are made for disks of 4 KiB logical sectors too (Apple Silicon's NVMe,
+    /// where the Asahi installer copies them), not only for 512-byte ones.
+    pub sector_4k: bool,
+    /// The root filesystem grows to fill its partition on first boot: the Asahi installer
+    /// gives it the room the user chose.
+    pub grow_root: bool,
 }
 
 impl Plan {
@@ -313,7 +344,7 @@ pub fn plan(layout: &Layout, root_fs: &str, root_type: &str, root_min: u64, root
         offset += bytes;
     }
     let disk_guid = layout.disk_uuid.clone().unwrap_or_else(|| ids.uuid("disk"));
-    Ok(Plan { size, disk_guid, partitions, mounts: layout.mounts })
+    Ok(Plan { size, disk_guid, partitions, mounts: layout.mounts, sector_4k: false, grow_root: false })
 }
 
 /// The least disk `layout` fits on with a root of `root_min` bytes (what [`plan`] accepts).
@@ -355,5 +386,20 @@ mod tests {
             assert!(err.contains("does not fit --size 2048"), "{err}");
         }
         assert!(Layout::load("nope").unwrap_err().to_string().contains("default"));
+    }
+
+    #[test]
+    fn a_platform_without_bios_leaves_the_bios_boot_partition_out() {
+        let uefi = ["uefi".to_string()];
+        for name in ["default", "bootc"] {
+            let l = Layout::load(name).unwrap().for_firmware(&uefi).unwrap();
+            assert_eq!(l.partitions[0].role, Role::Esp, "{name}");
+            assert!(l.partitions.iter().all(|p| p.role != Role::BiosBoot), "{name}");
+            let both = Layout::load(name).unwrap().for_firmware(&["uefi".to_string(), "bios".to_string()]).unwrap();
+            assert_eq!(both.partitions[0].role, Role::BiosBoot, "{name}");
+        }
+        let bios_only: Layout = toml::from_str("[[partition]]\nrole = \"bios-boot\"\ntype = \"21686148-6449-6E6F-744E-656564454649\"\nsize = \"1MiB\"\n[[partition]]\nrole = \"root\"\nsize = \"rest\"\n").unwrap();
+        let err = bios_only.for_firmware(&uefi).unwrap_err().to_string();
+        assert!(err.contains("uefi") && err.contains("esp"), "{err}");
     }
 }

@@ -15,6 +15,9 @@ struct Mkfs {
     package: &'static str,
     /// Arguments before the device; `@LABEL@` and `@UUID@` are replaced.
     args: &'static [&'static str],
+    /// More arguments for a disk of 4 KiB logical sectors (Apple Silicon's NVMe): blocks and
+    /// sectors of at least 4 KiB, whatever the filesystem's size and the host's page size.
+    sector_4k: &'static [&'static str],
     /// Longest label the filesystem takes.
     max_label: usize,
 }
@@ -27,11 +30,26 @@ const MKFS: &[Mkfs] = &[
         // orphan_file is newer than the kernels of some current images (EL9); lazy inode table
         // init stays on but the mount disables the background zeroing (noinit_itable).
         args: &["-q", "-F", "-L", "@LABEL@", "-U", "@UUID@", "-E", "nodiscard,hash_seed=@UUID@", "-O", "^orphan_file"],
+        sector_4k: &["-b", "4096"],
         max_label: 16,
     },
-    Mkfs { fs: "xfs", tool: "mkfs.xfs", package: "xfsprogs", args: &["-q", "-f", "-K", "-L", "@LABEL@", "-m", "uuid=@UUID@"], max_label: 12 },
-    Mkfs { fs: "btrfs", tool: "mkfs.btrfs", package: "btrfs-progs", args: &["-q", "-f", "-K", "-L", "@LABEL@", "-U", "@UUID@"], max_label: 255 },
-    Mkfs { fs: "swap", tool: "mkswap", package: "util-linux", args: &["-L", "@LABEL@", "-U", "@UUID@"], max_label: 16 },
+    Mkfs {
+        fs: "xfs",
+        tool: "mkfs.xfs",
+        package: "xfsprogs",
+        args: &["-q", "-f", "-K", "-L", "@LABEL@", "-m", "uuid=@UUID@"],
+        sector_4k: &["-s", "size=4096"],
+        max_label: 12,
+    },
+    Mkfs {
+        fs: "btrfs",
+        tool: "mkfs.btrfs",
+        package: "btrfs-progs",
+        args: &["-q", "-f", "-K", "-L", "@LABEL@", "-U", "@UUID@"],
+        sector_4k: &["--sectorsize", "4096"],
+        max_label: 255,
+    },
+    Mkfs { fs: "swap", tool: "mkswap", package: "util-linux", args: &["-L", "@LABEL@", "-U", "@UUID@"], sector_4k: &[], max_label: 16 },
 ];
 
 /// The root filesystem types kiln can make.
@@ -55,8 +73,8 @@ pub fn mount_options(fs: &str) -> &'static str {
 }
 
 /// Makes a filesystem of type `fs` on `device`; with `content`, filled in userspace with that
-/// directory's tree (ext4 only: `mke2fs -d`).
-pub fn format(device: &Path, fs: &str, label: &str, uuid: &str, content: Option<&Path>) -> Result<()> {
+/// directory's tree (ext4 only: `mke2fs -d`); with `sector_4k`, fit for 4 KiB logical sectors.
+pub fn format(device: &Path, fs: &str, label: &str, uuid: &str, content: Option<&Path>, sector_4k: bool) -> Result<()> {
     let m = MKFS.iter().find(|m| m.fs == fs).with_context(|| format!("unknown filesystem type {fs:?}"))?;
     if label.len() > m.max_label {
         bail!("label {label:?} is longer than {fs} allows ({} bytes)", m.max_label);
@@ -68,6 +86,9 @@ pub fn format(device: &Path, fs: &str, label: &str, uuid: &str, content: Option<
             continue;
         }
         args.push(a.replace("@LABEL@", label).replace("@UUID@", uuid));
+    }
+    if sector_4k {
+        args.extend(m.sector_4k.iter().map(|a| a.to_string()));
     }
     if let Some(dir) = content {
         if fs != "ext4" {

@@ -30,6 +30,13 @@ struct Entry {
 
 fn entries(plan: &Plan) -> Vec<Entry> {
     let mut out = Vec::new();
+    if plan.grow_root {
+        // systemd-growfs grows the root (through the deployment's rw mount of it) to its
+        // partition at boot, as Fedora's Asahi images ask in their fstab.
+        let root = plan.root();
+        let fs = root.filesystem.clone().unwrap_or_else(|| "ext4".into());
+        out.push(Entry { what: root.fs_uuid.clone(), at: Some("/".into()), fs, options: "defaults,x-systemd.growfs".into(), passno: 0 });
+    }
     if let Some(boot) = plan.part(Role::Boot) {
         let fs = boot.filesystem.clone().unwrap_or_else(|| "ext4".into());
         out.push(Entry { what: boot.fs_uuid.clone(), at: Some("/boot".into()), fs, options: "defaults".into(), passno: 2 });
@@ -118,12 +125,16 @@ fn units(entries: &[Entry]) -> Vec<(String, String)> {
 /// Writes the mounts of `plan` into the installed system's /etc.
 pub fn write_mounts(plan: &Plan, root: &SystemRoot) -> Result<()> {
     let entries = entries(plan);
+    let has_esp = plan.part(Role::Esp).is_some();
     let units_dir = "/etc/systemd/system";
     let mut fstab_text = String::new();
     match plan.mounts {
         MountScheme::Fstab => fstab_text = fstab(&entries),
         MountScheme::None => {}
         MountScheme::Units => {
+            // The root is mounted already: only its growth is asked, in fstab (see entries()).
+            let (grow_root, entries): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.at.as_deref() == Some("/"));
+            fstab_text = fstab(&grow_root);
             for d in ["/etc/systemd", units_dir, "/etc/systemd/system/multi-user.target.wants"] {
                 if !root.is_dir(d)? {
                     root.put(d, Content::Dir, 0o755, 0, 0)?;
@@ -137,7 +148,7 @@ pub fn write_mounts(plan: &Plan, root: &SystemRoot) -> Result<()> {
     }
     root.put("/etc/fstab", Content::File(fstab_text.as_bytes()), 0o644, 0, 0).context("writing the deployment's /etc/fstab")?;
     let efi_exists = root.exists("/efi")?;
-    if plan.part(Role::Esp).is_some() && !efi_exists && !root.exists(&format!("{units_dir}/efi.automount"))? {
+    if has_esp && !efi_exists && !root.exists(&format!("{units_dir}/efi.automount"))? {
         for d in ["/etc/systemd", units_dir] {
             if !root.is_dir(d)? {
                 root.put(d, Content::Dir, 0o755, 0, 0)?;

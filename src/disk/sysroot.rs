@@ -65,11 +65,11 @@ impl Sysroot {
         format_data(disk, plan, workdir)?;
         let root_fs = plan.root().filesystem.clone().unwrap_or_default();
         let mut s = Sysroot::empty(workdir.to_path_buf(), root_fs);
-        s.format_mount(disk.partition_device(plan.root())?, plan.root(), workdir)?;
+        s.format_mount(disk.partition_device(plan.root())?, plan.root(), workdir, plan.sector_4k)?;
         if let Some(boot) = plan.part(Role::Boot) {
             let at = workdir.join("boot");
             std::fs::create_dir_all(&at)?;
-            s.format_mount(disk.partition_device(boot)?, boot, &at)?;
+            s.format_mount(disk.partition_device(boot)?, boot, &at, plan.sector_4k)?;
         }
         Ok(s)
     }
@@ -108,7 +108,8 @@ impl Sysroot {
         };
         let mut s = Sysroot::empty(workdir.join("root"), "ext4".into());
         let dev = LoopDevice::attach(scratch.file(), "kiln staging file", staging.offset, staging.size)?;
-        s.format_mount(PartitionDevice::Loop(dev), &staging, workdir)?;
+        // kiln's own scratch: only its files are copied to the disk.
+        s.format_mount(PartitionDevice::Loop(dev), &staging, workdir, false)?;
         std::fs::create_dir_all(s.root.join("boot"))?;
         let disk = Disk::image(disk.file.try_clone()?, disk.name.clone());
         s.staged = Some(Staged { disk, plan: plan.clone(), workdir: workdir.to_path_buf(), _scratch: scratch });
@@ -125,9 +126,10 @@ impl Sysroot {
         Sysroot { root, mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None, root_fs, verity: Vec::new() }
     }
 
-    fn format_mount(&mut self, dev: PartitionDevice, part: &Partition, at: &Path) -> Result<()> {
+    /// `sector_4k`: the filesystem is made for 4 KiB logical sectors too (see `Plan::sector_4k`).
+    fn format_mount(&mut self, dev: PartitionDevice, part: &Partition, at: &Path, sector_4k: bool) -> Result<()> {
         let fs = part.filesystem.as_deref().context("partition without a filesystem")?;
-        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None)
+        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, None, sector_4k)
             .with_context(|| format!("making the {fs} filesystem of partition {}", part.name))?;
         if at != self.root && at.starts_with(&self.root) {
             let dir = std::fs::File::open(at).with_context(|| format!("cannot open {}", at.display()))?;
@@ -225,7 +227,7 @@ fn format_data(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<()> {
     for part in plan.partitions.iter().filter(|p| p.role == Role::Data) {
         let Some(fs) = part.filesystem.as_deref() else { continue };
         let dev = disk.partition_device(part)?;
-        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None)
+        mkfs::format(dev.path(), fs, part.label.as_deref().unwrap_or(""), &part.fs_uuid, None, plan.sector_4k)
             .with_context(|| format!("making the {fs} filesystem of {}", part.describe()))?;
         if !part.subvolumes.is_empty() {
             let at = workdir.join(format!("subvolumes-{}", part.number));
@@ -324,7 +326,7 @@ impl Staged {
         }
         for (part, dir, immutable) in parts {
             let dev = LoopDevice::attach(&self.disk.file, &self.disk.name, part.offset, part.size)?;
-            mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir))
+            mkfs::format(&dev.path, "ext4", part.label.as_deref().unwrap_or(&part.name), &part.fs_uuid, Some(&dir), self.plan.sector_4k)
                 .with_context(|| format!("making the filesystem of partition {}", part.name))?;
             mkfs::settle_ext4(&dev.path, &immutable)?;
             if part.role == Role::Root {

@@ -52,8 +52,12 @@ pub(crate) trait Transport: Send + Sync {
 
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
-    /// Architecture to pick from an index, OCI naming (`amd64`, `arm64`).
+    /// Architecture to pick from an index, OCI naming (`amd64`, `arm64`): the host's unless
+    /// the user named one.
     pub arch: String,
+    /// The user named the architecture (`--target-arch`): a single image of another one is
+    /// refused. Otherwise a single image is taken for its own architecture.
+    pub arch_given: bool,
     pub tls_verify: bool,
     /// The content-addressed blob cache for registry pulls.
     pub cache_dir: PathBuf,
@@ -63,6 +67,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             arch: manifest::oci_arch(std::env::consts::ARCH).to_string(),
+            arch_given: false,
             tls_verify: true,
             cache_dir: cache::default_dir(),
         }
@@ -73,6 +78,7 @@ impl OpenOptions {
     pub fn with_arch(mut self, arch: Option<&str>) -> Self {
         if let Some(a) = arch {
             self.arch = manifest::oci_arch(a).to_string();
+            self.arch_given = true;
         }
         self
     }
@@ -149,9 +155,9 @@ impl Image {
         .read_to_end(&mut config_bytes)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes)
             .with_context(|| format!("{what}: config {} is not a valid image config", manifest.config.digest))?;
-        if !config.architecture.is_empty() && config.architecture != opts.arch {
+        if opts.arch_given && !config.architecture.is_empty() && config.architecture != opts.arch {
             bail!(
-                "{what} is an image for {}/{}, not {} (use --target-arch {} to bake it for its own architecture)",
+                "{what} is an image for {}/{}, not {} (--target-arch): pass --target-arch {} or leave it out to take the image for its own architecture",
                 config.os,
                 config.architecture,
                 opts.arch,

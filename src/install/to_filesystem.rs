@@ -91,7 +91,7 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
         }
         _ => None,
     };
-    let plan = Plan { size: 0, disk_guid: String::new(), partitions, mounts: MountScheme::Fstab };
+    let plan = Plan { size: 0, disk_guid: String::new(), partitions, mounts: MountScheme::Fstab, sector_4k: false, grow_root: false };
 
     let bake_args = args.bake_args()?;
     let inputs = bake::Inputs::read(&bake_args)?;

@@ -6,7 +6,7 @@
 //! ostree/deploy/<stateroot>/deploy/<commit>.0.origin container-image-reference=…
 //! ostree/deploy/<stateroot>/var                      the image's /var, copied once
 //! ostree/boot.1 -> boot.1.1, boot.1.1/<stateroot>/<bootcsum>/0 -> the deployment
-//! boot/ostree/<stateroot>-<bootcsum>/{vmlinuz,initramfs}-<kver>
+//! boot/ostree/<stateroot>-<bootcsum>/{vmlinuz,initramfs}-<kver> (+ devicetree-<kver> or dtb/)
 //! boot/loader -> loader.1, boot/loader.1/entries/ostree-1.conf, boot/boot -> .
 //! ```
 //! (A first deployment gets boot version 1 and sub-boot version 1: ostree flips both from 0.)
@@ -70,15 +70,80 @@ pub struct BootEntry {
     pub options: String,
     pub linux: String,
     pub initrd: String,
+    /// `devicetree <file>` or `fdtdir <directory>`, when the kernel ships device trees.
+    pub devicetree: Option<(&'static str, String)>,
 }
 
 impl BootEntry {
     /// The file's text, fields in ostree's order.
     pub fn render(&self) -> String {
-        format!(
+        let mut text = format!(
             "title {}\nversion {}\noptions {}\nlinux {}\ninitrd {}\n",
             self.title, self.version, self.options, self.linux, self.initrd
-        )
+        );
+        if let Some((key, path)) = &self.devicetree {
+            text += &format!("{key} {path}\n");
+        }
+        text
+    }
+}
+
+/// The kernel's device trees, as ostree deploys them: `usr/lib/modules/<kver>/devicetree` (one
+/// file, the BLS entry's `devicetree`), else its `dtb/` directory (copied whole, `fdtdir`, for
+/// bootloaders that pick a tree by the machine, as U-Boot does).
+enum DeviceTrees {
+    File(PathBuf),
+    Dir(PathBuf),
+}
+
+impl DeviceTrees {
+    fn find(modules: &Path) -> Option<DeviceTrees> {
+        let file = modules.join("devicetree");
+        let dir = modules.join("dtb");
+        if file.is_file() {
+            Some(DeviceTrees::File(file))
+        } else if dir.is_dir() {
+            Some(DeviceTrees::Dir(dir))
+        } else {
+            None
+        }
+    }
+
+    /// Adds the trees to the boot checksum: the file, or every file below the directory,
+    /// entries in byte order (ostree's checksum_dir_recurse).
+    fn hash(&self, h: &mut Sha256) -> Result<()> {
+        fn dir(d: &Path, h: &mut Sha256) -> Result<()> {
+            let mut names: Vec<_> = fs::read_dir(d)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for name in names {
+                let p = d.join(&name);
+                if fs::symlink_metadata(&p)?.is_dir() {
+                    dir(&p, h)?;
+                } else if let Ok(mut f) = fs::File::open(&p) {
+                    std::io::copy(&mut f, h)?;
+                }
+            }
+            Ok(())
+        }
+        match self {
+            DeviceTrees::File(f) => std::io::copy(&mut fs::File::open(f)?, h).map(|_| ()).map_err(Into::into),
+            DeviceTrees::Dir(d) => dir(d, h),
+        }
+    }
+
+    /// Copies the trees into the boot directory; returns the BLS key and the name there.
+    fn install(&self, bootdir: &Path, kver: &str) -> Result<(&'static str, String)> {
+        match self {
+            DeviceTrees::File(f) => {
+                let name = format!("devicetree-{kver}");
+                copy_file(f, &bootdir.join(&name))?;
+                Ok(("devicetree", name))
+            }
+            DeviceTrees::Dir(d) => {
+                copy_dir(d, &bootdir.join("dtb"))?;
+                Ok(("fdtdir", "dtb".to_string()))
+            }
+        }
     }
 }
 
@@ -131,9 +196,13 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
     let modules = format!("usr/lib/modules/{kver}");
     let kernel = dir.join(&modules).join("vmlinuz");
     let initramfs = ["initramfs.img", "initramfs"].iter().map(|n| dir.join(&modules).join(n)).find(|p| p.is_file());
+    let device_trees = DeviceTrees::find(&dir.join(&modules));
     let mut h = Sha256::new();
     for f in std::iter::once(&kernel).chain(initramfs.as_ref()) {
         std::io::copy(&mut fs::File::open(f)?, &mut h)?;
+    }
+    if let Some(trees) = &device_trees {
+        trees.hash(&mut h)?;
     }
     let bootcsum = hex::encode(h.finalize());
     let boot = sysroot.join("boot");
@@ -144,6 +213,13 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
     if let Some(i) = &initramfs {
         copy_file(i, &bootdir.join(format!("initramfs-{kver}.img")))?;
     }
+    let devicetree = match &device_trees {
+        Some(trees) => {
+            let (key, name) = trees.install(&bootdir, &kver)?;
+            Some((key, format!("/boot/{bootdir_name}/{name}")))
+        }
+        None => None,
+    };
 
     // The bootlinks prepare-root follows from the `ostree=` argument.
     let ostree = sysroot.join("ostree");
@@ -172,6 +248,7 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
         options: options.join(" "),
         linux: format!("/boot/{bootdir_name}/vmlinuz-{kver}"),
         initrd: format!("/boot/{bootdir_name}/initramfs-{kver}.img"),
+        devicetree,
     };
     write_file(&entry.path, entry.render().as_bytes())?;
     symlink(format!("loader.{BOOT_VERSION}"), boot.join("loader"))?;
@@ -290,6 +367,27 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies a directory tree as ostree copies device trees: directories and files with their
+/// modes, symlinks as symlinks.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))? {
+        let entry = entry?;
+        let (src, dest) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&src, &dest)?;
+        } else if kind.is_symlink() {
+            symlink(fs::read_link(&src)?, &dest)?;
+        } else if kind.is_file() {
+            copy_file(&src, &dest)?;
+        }
+    }
+    fs::set_permissions(to, fs::Permissions::from_mode(fs::metadata(from)?.permissions().mode()))?;
+    Ok(())
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -299,9 +397,14 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// PRETTY_NAME from the deployment's os-release.
 fn os_release_name(deployment: &Path) -> Option<String> {
+    os_release(deployment, "PRETTY_NAME")
+}
+
+/// A field of the deployment's os-release (`ID`, `PRETTY_NAME`…).
+pub fn os_release(deployment: &Path, key: &str) -> Option<String> {
     let text = ["usr/lib/os-release", "etc/os-release"].iter().find_map(|p| fs::read_to_string(deployment.join(p)).ok())?;
     text.lines().find_map(|l| {
-        let v = l.strip_prefix("PRETTY_NAME=")?;
+        let v = l.strip_prefix(key)?.strip_prefix('=')?;
         Some(v.trim().trim_matches('"').trim_matches('\'').to_string())
     })
 }

@@ -3,6 +3,7 @@
 //! zero blocks, compresses on all cores, and writes into a file with no name (`pending`),
 //! named only when the whole run has succeeded, so a failure or a kill leaves nothing behind.
 
+pub mod asahi;
 mod gce;
 pub mod iso;
 mod ova;
@@ -12,6 +13,7 @@ mod rawdisk;
 mod tar_header;
 mod vhd;
 mod vmdk;
+mod zip;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +34,8 @@ pub enum Format {
     Vhd,
     Gce,
     Ova,
+    /// The Asahi installer's package: made by the bake (it needs the image), see [`asahi`].
+    Asahi,
 }
 
 /// `--type` names (bootc-image-builder's where it has them) and where each output goes.
@@ -42,6 +46,7 @@ const FORMATS: &[(Format, &[&str], &str)] = &[
     (Format::Vhd, &["vhd", "vpc"], "vpc/disk.vhd"),
     (Format::Gce, &["gce"], "gce/image.tar.gz"),
     (Format::Ova, &["ova"], "ova/disk.ova"),
+    (Format::Asahi, &["asahi"], "asahi/installer_data.json"),
 ];
 
 impl Format {
@@ -95,6 +100,9 @@ pub fn write(format: Format, raw: &RawDisk, out: &PendingFile, dest: &Path, ova:
         Format::Vhd => vhd::write(raw, file, &stage),
         Format::Gce => gce::write(raw, file, &stage),
         Format::Ova => ova::write(raw, file, ova, &stage),
+        Format::Asahi => Err(anyhow::anyhow!(
+            "an Asahi package is made from the image (m1n1, its device trees, U-Boot), not from a disk: use kiln bake --type asahi IMAGE"
+        )),
     };
     if let Err(e) = result {
         let full = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC)));

@@ -2,6 +2,9 @@
 //! UEFI (OVMF) or BIOS (SeaBIOS) mode, never modifying the image (`snapshot=on`), and returns
 //! the report the test image's boot probe prints on the second serial port.
 //!
+//! aarch64 disks boot on QEMU's `virt` machine with AAVMF (UEFI only): the console on its PL011,
+//! the probe's report on a PCI 16550 added for it (the guest's ttyS0).
+//!
 //! Self-contained (std only) so that tests and the demo (`examples/boot-probe.rs`) share it.
 
 use std::collections::BTreeMap;
@@ -13,6 +16,14 @@ use std::time::{Duration, Instant};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+/// Bookworm's template is blank (the firmware formats it on first boot); a copy is made per
+/// boot: a variable store from a boot with other devices can send AAVMF to its shell.
+const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+/// The aarch64 machine: `virt` with a CPU that TCG emulates fast (and that has 16 KiB pages).
+const AARCH64_MACHINE: [&str; 4] = ["-machine", "virt", "-cpu", "neoverse-n1"];
+const SMP: &str = "2";
+const MEMORY_MIB: u32 = 1536;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
@@ -23,10 +34,45 @@ pub enum Firmware {
 impl fmt::Display for Firmware {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(match self {
-            Firmware::Uefi => "UEFI (OVMF)",
+            Firmware::Uefi => "UEFI",
             Firmware::Bios => "BIOS (SeaBIOS)",
         })
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// The firmware as messages name it.
+    fn describe(self, firmware: Firmware) -> &'static str {
+        match (self, firmware) {
+            (Arch::X86_64, Firmware::Uefi) => "UEFI (OVMF)",
+            (Arch::X86_64, Firmware::Bios) => "BIOS (SeaBIOS)",
+            (Arch::Aarch64, Firmware::Uefi) => "aarch64 UEFI (AAVMF)",
+            (Arch::Aarch64, Firmware::Bios) => "aarch64 BIOS (none exists)",
+        }
+    }
+}
+
+/// The device tree QEMU gives the aarch64 machine the harness boots (with its default memory),
+/// written to `out`: what a test ships as an image's `devicetree`.
+pub fn aarch64_machine_dtb(out: &Path) -> Result<(), String> {
+    let status = Command::new("qemu-system-aarch64")
+        .args(["-accel", "tcg"])
+        .arg("-machine")
+        .arg(format!("virt,dumpdtb={}", out.display()))
+        .args(&AARCH64_MACHINE[2..])
+        .args(["-smp", SMP, "-m", &MEMORY_MIB.to_string(), "-display", "none"])
+        .output()
+        .map_err(|e| format!("cannot run qemu-system-aarch64: {e}"))?;
+    if !out.exists() {
+        return Err(format!("qemu-system-aarch64 wrote no device tree: {}", String::from_utf8_lossy(&status.stderr)));
+    }
+    Ok(())
 }
 
 /// What the probe reported: facts (`info`) and one pass/fail line per expectation.
@@ -107,13 +153,15 @@ impl std::error::Error for BootError {}
 pub struct Boot<'a> {
     pub image: &'a Path,
     pub firmware: Firmware,
+    pub arch: Arch,
     /// Where the console and probe logs are kept (created if missing).
     pub log_dir: PathBuf,
     /// A name for the logs, e.g. the test's name.
     pub name: String,
     pub timeout: Duration,
     pub memory_mib: u32,
-    /// The disk's logical (and physical) sector size as the guest sees it (4096: a 4Kn disk).
+    /// The disk's logical (and physical) sector size as the guest sees it when not 512
+    /// (4096: a 4Kn disk, as Apple's NVMe).
     pub logical_block_size: Option<u32>,
 }
 
@@ -127,7 +175,12 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, log_dir, name: name.to_string(), timeout, memory_mib: 1536, logical_block_size: None }
+        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB }
+    }
+
+    /// An aarch64 disk (UEFI, on `virt`).
+    pub fn aarch64(image: &'a Path, name: &str) -> Self {
+        Boot { arch: Arch::Aarch64, ..Boot::new(image, Firmware::Uefi, name) }
     }
 
     /// Boots the image and waits for the probe's report (or the timeout).
@@ -144,12 +197,12 @@ impl<'a> Boot<'a> {
     pub fn until_console(&self, text: &str) -> Result<String, BootError> {
         match self.boot(Some(text))? {
             Outcome::Console(tail) => Ok(tail),
-            Outcome::Report(r) => Err(BootError(format!("{} boot of {}: the system came up instead of showing {text:?}:\n{r}", self.firmware, self.image.display()))),
+            Outcome::Report(r) => Err(BootError(format!("{} boot of {}: the system came up instead of showing {text:?}:\n{r}", self.arch.describe(self.firmware), self.image.display()))),
         }
     }
 
     fn boot(&self, console_text: Option<&str>) -> Result<Outcome, BootError> {
-        let err = |m: String| BootError(format!("{} boot of {}: {m}", self.firmware, self.image.display()));
+        let err = |m: String| BootError(format!("{} boot of {}: {m}", self.arch.describe(self.firmware), self.image.display()));
         fs::create_dir_all(&self.log_dir).map_err(|e| err(format!("log dir: {e}")))?;
         let fw = match self.firmware {
             Firmware::Uefi => "uefi",
@@ -165,8 +218,20 @@ impl<'a> Boot<'a> {
             return Err(err("image does not exist".into()));
         }
 
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2"])
+        let (qemu, code, vars_template) = match self.arch {
+            Arch::X86_64 => ("qemu-system-x86_64", OVMF_CODE, OVMF_VARS),
+            Arch::Aarch64 => ("qemu-system-aarch64", AAVMF_CODE, AAVMF_VARS),
+        };
+        if self.arch == Arch::Aarch64 && self.firmware == Firmware::Bios {
+            return Err(err("aarch64 machines have no BIOS".into()));
+        }
+        let mut cmd = Command::new(qemu);
+        cmd.args(["-accel", "tcg"]);
+        match self.arch {
+            Arch::X86_64 => cmd.args(["-machine", "q35", "-cpu", "max"]),
+            Arch::Aarch64 => cmd.args(AARCH64_MACHINE),
+        };
+        cmd.args(["-smp", SMP])
             .args(["-m", &self.memory_mib.to_string()])
             // No -no-reboot: shim's fallback loader (fbx64.efi) resets once after it has
             // written the firmware boot entry, as on real hardware.
@@ -183,20 +248,27 @@ impl<'a> Boot<'a> {
                 None => "virtio-blk-pci,drive=disk0".to_string(),
             })
             .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", probe.display()));
+            .arg(format!("file:{}", console.display()));
+        match self.arch {
+            Arch::X86_64 => cmd.arg("-serial").arg(format!("file:{}", probe.display())),
+            // virt has one PL011 (QEMU 7.2): the probe gets a PCI 16550, after the disk so
+            // that the disk keeps its PCI slot.
+            Arch::Aarch64 => cmd
+                .arg("-chardev")
+                .arg(format!("file,id=probe,path={}", probe.display()))
+                .args(["-device", "pci-serial,chardev=probe"]),
+        };
         if self.firmware == Firmware::Uefi {
             // A private copy of the variable store: the image's shim fallback writes boot
             // entries there, and each boot must start from the same firmware state.
-            fs::copy(OVMF_VARS, &vars).map_err(|e| err(format!("copy {OVMF_VARS}: {e}")))?;
+            fs::copy(vars_template, &vars).map_err(|e| err(format!("copy {vars_template}: {e}")))?;
             cmd.arg("-drive")
-                .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
+                .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"))
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|e| err(format!("cannot start qemu-system-x86_64: {e}")))?;
+        let child = cmd.spawn().map_err(|e| err(format!("cannot start {qemu}: {e}")))?;
         let mut vm = KillOnDrop(child);
 
         let started = Instant::now();
@@ -242,6 +314,8 @@ impl<'a> Boot<'a> {
         let _ = fs::remove_file(&vars);
         match outcome {
             Ok(Outcome::Report(mut report)) => {
+                // What each boot costs (CI time is dominated by them).
+                eprintln!("{}: {} boot reported after {}s", self.name, self.arch.describe(self.firmware), started.elapsed().as_secs());
                 report.console_log = console;
                 Ok(Outcome::Report(report))
             }

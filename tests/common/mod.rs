@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod boot;
+pub mod gpt;
 pub mod moto;
 pub mod oci;
 pub mod registry;
@@ -47,6 +48,13 @@ pub fn test_image() -> &'static Path {
 pub fn sid_image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| build_test_image("sid"))
+}
+
+/// The arm64 test image: bookworm's shape and probe for aarch64, plus Apple Silicon's boot
+/// files (m1n1, U-Boot, device trees, an icon). Built through qemu-user once, then cached.
+pub fn arm64_image() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_test_image("bookworm-arm64"))
 }
 
 fn build_test_image(flavor: &str) -> PathBuf {
@@ -182,17 +190,22 @@ pub fn assert_no_partial_output(out: &Path) {
     assert!(files.is_empty(), "partial output left behind: {files:?}");
 }
 
-/// Runs `kiln bake --type raw` into `<scratch>/out`, which must fail with an error holding
-/// every string of `expect` and leave nothing behind; returns the error.
+/// Runs `kiln bake` (`--type raw` unless `extra` names a type) into `<scratch>/out`, which must
+/// fail with an error holding every string of `expect` and leave nothing behind; returns the error.
 pub fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> String {
     let out = s.path().join("out");
-    let mut args = vec!["bake", "--type", "raw", "--output", out.to_str().unwrap()];
+    let mut args = vec!["bake", "--output", out.to_str().unwrap()];
+    if !extra.contains(&"--type") {
+        args.extend(["--type", "raw"]);
+    }
     args.extend_from_slice(extra);
     args.push(image);
     let o = kiln(&args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "bake succeeded but should have failed");
     assert!(!err.contains("panicked"), "{err}");
+    // What the user is told, in the test log.
+    println!("{}", err.lines().filter(|l| l.contains("error")).collect::<Vec<_>>().join("\n"));
     for e in expect {
         assert!(err.contains(e), "error lacks {e:?}:\n{err}");
     }
