@@ -25,6 +25,7 @@ use crate::cli::BakeArgs;
 use crate::cloud::{self, aws};
 use crate::config::{self, BuildConfig};
 use crate::customize::{self, root::SystemRoot};
+use crate::efi::image::ImageFirmware;
 use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Disk, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
@@ -123,6 +124,17 @@ pub struct Baked {
     arch: String,
     /// The default AMI name: the image's name and version.
     ami_name: String,
+    /// The disk as laid out.
+    pub plan: disk::Plan,
+    pub system: SystemWritten,
+}
+
+/// What [`write_system`] put down, and what the image tells the firmware steps after it.
+pub struct SystemWritten {
+    pub bootloader: bootloader::Installed,
+    /// The deployment's directory below the sysroot (`ostree/deploy/<stateroot>/deploy/<checksum>.0`).
+    pub deployment: String,
+    pub firmware: ImageFirmware,
 }
 
 /// The files of the image the disk's layout depends on: the bootc install configuration and
@@ -245,7 +257,7 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
         partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
     });
     let mut target = SystemTarget { plan: &plan, sysroot: &mut sysroot, ids: &ids, image_disk_known };
-    write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
+    let system = write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
         e.close(&disk.file, p)?;
     }
@@ -255,7 +267,7 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     table.commit()?;
     disk.file.sync_all().with_context(|| format!("writing {} failed (is its disk full?)", disk.name))?;
     stage.finish();
-    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image) })
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image), plan, system })
 }
 
 /// Opens the image, checks it is bootable, finds its platform and fetches its layers.
@@ -293,7 +305,7 @@ pub fn write_system(
     esp: Option<&mut (dyn EspWriter + 'static)>,
     bios: Option<BiosTarget<'_>>,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<SystemWritten> {
     let SystemTarget { plan, ref mut sysroot, ids, image_disk_known } = *target;
     let Deployed { deployment, policy, verity } =
         write_deployment(args, inputs, image, platform, plan, sysroot, ids, image_disk_known, progress).map_err(explain_enospc)?;
@@ -310,7 +322,9 @@ pub fn write_system(
         esp: esp.map(|e| e as &mut dyn EspWriter),
         bios,
     };
-    bootloader::install(&platform.bootloader, &deployment.dir, target)?;
+    let installed = bootloader::install(&platform.bootloader, &deployment.dir, target)?;
+    let firmware = ImageFirmware::read(&bootloader::image_files::ImageRoot::new(&deployment.dir))?;
+    let deployment_path = deployment.dir.strip_prefix(&sysroot.root).unwrap_or(&deployment.dir).display().to_string();
     stage.finish();
     if let Some(policy) = &policy {
         let stage = progress.stage("labels", None);
@@ -324,7 +338,7 @@ pub fn write_system(
         sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
         stage.finish();
     }
-    Ok(())
+    Ok(SystemWritten { bootloader: installed, deployment: deployment_path, firmware })
 }
 
 /// The image's title and version labels, else its repository's name and manifest digest.

@@ -324,6 +324,17 @@ pub struct ToDiskArgs {
     /// Keep what was written when the install fails (default: leave an empty partition table).
     #[arg(long)]
     pub preserve_on_error: bool,
+    /// Write no firmware boot entry (by default one for the image's shim goes first in the
+    /// running machine's BootOrder, when it booted through UEFI).
+    #[arg(long)]
+    pub no_nvram: bool,
+    /// Ask shim's MokManager to enroll a certificate on the next boot, as `mokutil --import`
+    /// does: `auto` takes the image's /etc/pki/akmods/certs/*.der (Universal Blue, Immutablue).
+    #[arg(long, value_name = "auto|PATH.der")]
+    pub enroll_mok: Option<crate::install::nvram::EnrollMok>,
+    /// The password MokManager asks for to enroll (default: Universal Blue's).
+    #[arg(long, default_value = crate::efi::mok::DEFAULT_PASSWORD)]
+    pub mok_password: String,
     #[command(flatten)]
     pub deployment: InstallDeploymentArgs,
 }

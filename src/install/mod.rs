@@ -5,9 +5,10 @@
 //! and no boot code (`--preserve-on-error` keeps what was written, for a look at it).
 
 pub mod checks;
+pub mod nvram;
 pub mod to_filesystem;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, FromArgMatches};
 
 use crate::bake;
@@ -24,17 +25,25 @@ pub fn to_disk(args: &ToDiskArgs, progress: &Progress) -> Result<()> {
     // First, before any thread starts: the mounts this run makes live and die with it.
     disk::mountns::enter_private()?;
     interrupt::install();
+    let firmware = args.firmware_config();
+    firmware.check()?;
     let checked = checks::check(&args.device, args.wipe)?;
     let device = BlockDevice::open(&checked.path, checked.dev, checked.name)?;
     device.lock()?;
+    let is_loop = device.is_loop();
     let disk = Disk::device(device)?;
     let run_dir = RunDir::create(progress)?;
     let bake_args = args.bake_args()?;
     let inputs = bake::Inputs::read(&bake_args)?;
-    let result = bake::write_disk(&bake_args, &inputs, &disk, run_dir.path(), progress).map(|_| ());
-    let Err(e) = interrupt::check().and(result) else {
-        progress.info(&format!("installed {} on {}", args.image, disk.name));
-        return Ok(());
+    let result = bake::write_disk(&bake_args, &inputs, &disk, run_dir.path(), progress);
+    let e = match interrupt::check().and(result) {
+        Ok(baked) => {
+            progress.info(&format!("installed {} on {}", args.image, disk.name));
+            // The disk is complete and boots through the removable path whatever happens here.
+            return nvram::write(&firmware, &baked, &disk.name, disk.sector_size(), is_loop, progress)
+                .with_context(|| format!("{} is installed and boots through its removable path (EFI/BOOT), but the firmware variables were not written", disk.name));
+        }
+        Err(e) => e,
     };
     if args.preserve_on_error {
         progress.warn(&format!("--preserve-on-error: {} keeps what was written before the failure", disk.name));
@@ -47,6 +56,15 @@ pub fn to_disk(args: &ToDiskArgs, progress: &Progress) -> Result<()> {
 }
 
 impl ToDiskArgs {
+    fn firmware_config(&self) -> nvram::FirmwareConfig {
+        nvram::FirmwareConfig {
+            efivars: crate::efi::EFIVARS.into(),
+            boot_entry: !self.no_nvram,
+            enroll_mok: self.enroll_mok.clone(),
+            mok_password: self.mok_password.clone(),
+        }
+    }
+
     /// The bake's options for this install: the device sets the disk's size.
     fn bake_args(&self) -> Result<BakeArgs> {
         Ok(BakeArgs {
