@@ -55,4 +55,17 @@ if [ "$(cat "$MOTO_VENV/.kiln-stamp" 2>/dev/null)" != "$stamp" ]; then
   "$MOTO_VENV/bin/python" -c "import moto.server, boto3"
   echo "$stamp" > "$MOTO_VENV/.kiln-stamp"
 fi
+# virt-firmware (virt-fw-vars), the oracle that reads OVMF variable stores (the install
+# guest test's boot entry and MOK request), in its own venv: bookworm does not package it.
+VFW_VENV=${KILN_VIRT_FIRMWARE_VENV:-/opt/kiln-virt-firmware}
+VFW_REQS=$(dirname "$(realpath "$0")")/virt-firmware-requirements.txt
+stamp=$(sha256sum "$VFW_REQS" | cut -c1-16)
+if [ "$(cat "$VFW_VENV/.kiln-stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: installing virt-firmware into $VFW_VENV"
+  rm -rf "$VFW_VENV"
+  python3 -m venv "$VFW_VENV"
+  "$VFW_VENV/bin/pip" install -q --disable-pip-version-check -r "$VFW_REQS"
+  "$VFW_VENV/bin/virt-fw-vars" --help >/dev/null
+  echo "$stamp" > "$VFW_VENV/.kiln-stamp"
+fi
 echo "setup: all packages present"

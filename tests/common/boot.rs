@@ -115,6 +115,13 @@ pub struct Boot<'a> {
     pub memory_mib: u32,
     /// The disk's logical (and physical) sector size as the guest sees it (4096: a 4Kn disk).
     pub logical_block_size: Option<u32>,
+    /// More disks, after the image (vdb, vdc…): a path, and whether the guest's writes go
+    /// into it (otherwise they are dropped, as the image's are).
+    pub extra_disks: Vec<(PathBuf, bool)>,
+    /// UEFI: the variable store to boot with and keep (made from OVMF's template when
+    /// missing), for a test that reads what was written to it or boots again with it. By
+    /// default each boot has a fresh copy, removed afterwards.
+    pub vars: Option<PathBuf>,
 }
 
 impl<'a> Boot<'a> {
@@ -127,7 +134,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, log_dir, name: name.to_string(), timeout, memory_mib: 1536, logical_block_size: None }
+        Boot { image, firmware, log_dir, name: name.to_string(), timeout, memory_mib: 1536, logical_block_size: None, extra_disks: Vec::new(), vars: None }
     }
 
     /// Boots the image and waits for the probe's report (or the timeout).
@@ -157,7 +164,7 @@ impl<'a> Boot<'a> {
         };
         let console = self.log_dir.join(format!("{}-{fw}.console.log", self.name));
         let probe = self.log_dir.join(format!("{}-{fw}.probe.log", self.name));
-        let vars = self.log_dir.join(format!("{}-{fw}.OVMF_VARS.fd", self.name));
+        let vars = self.vars.clone().unwrap_or_else(|| self.log_dir.join(format!("{}-{fw}.OVMF_VARS.fd", self.name)));
         for f in [&console, &probe] {
             let _ = fs::remove_file(f);
         }
@@ -181,15 +188,23 @@ impl<'a> Boot<'a> {
             .arg(match self.logical_block_size {
                 Some(n) => format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
                 None => "virtio-blk-pci,drive=disk0".to_string(),
-            })
-            .arg("-serial")
+            });
+        for (i, (disk, writable)) in self.extra_disks.iter().enumerate() {
+            cmd.arg("-drive")
+                .arg(format!("file={},format={},if=none,id=extra{i}{}", disk.display(), format_of(disk), if *writable { "" } else { ",snapshot=on" }))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=extra{i}"));
+        }
+        cmd.arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-serial")
             .arg(format!("file:{}", probe.display()));
         if self.firmware == Firmware::Uefi {
             // A private copy of the variable store: the image's shim fallback writes boot
             // entries there, and each boot must start from the same firmware state.
-            fs::copy(OVMF_VARS, &vars).map_err(|e| err(format!("copy {OVMF_VARS}: {e}")))?;
+            if self.vars.is_none() || !vars.exists() {
+                fs::copy(OVMF_VARS, &vars).map_err(|e| err(format!("copy {OVMF_VARS}: {e}")))?;
+            }
             cmd.arg("-drive")
                 .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
                 .arg("-drive")
@@ -239,7 +254,9 @@ impl<'a> Boot<'a> {
             std::thread::sleep(Duration::from_millis(200));
         }
         drop(vm);
-        let _ = fs::remove_file(&vars);
+        if self.vars.is_none() {
+            let _ = fs::remove_file(&vars);
+        }
         match outcome {
             Ok(Outcome::Report(mut report)) => {
                 report.console_log = console;
