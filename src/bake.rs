@@ -222,7 +222,10 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     if let Some(size) = disk.fixed_size() {
         disk::check_fits(&disk.name, size, &layout, root_min)?;
     }
-    let plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
+    let mut plan = disk::plan(&layout, &rootfs, &platform.arch.root_type, root_min, root_size, disk_size, &ids)?;
+    if let Some(size) = args.root_size {
+        disk::limit_root(&mut plan, size, root_min)?;
+    }
     drop(scan);
 
     if disk.fixed_size().is_none() {

@@ -44,10 +44,14 @@ pub struct FirmwareConfig {
 
 impl FirmwareConfig {
     /// Checks what can be checked before the disk is written: a certificate file exists and
-    /// is DER, the password is one MokManager can take.
-    pub fn check(&self) -> Result<()> {
+    /// is DER, the password is one MokManager can take, the variables can be written (for a
+    /// disk of this machine's: not `is_loop`).
+    pub fn check(&self, is_loop: bool) -> Result<()> {
         if let Some(m) = &self.enroll_mok {
             mok::check_password(&self.mok_password)?;
+            if let Some(reason) = Efivars::new(&self.efivars).unwritable_reason().filter(|_| !is_loop) {
+                bail!("--enroll-mok: cannot write the MOK request: {reason}");
+            }
             if let EnrollMok::File(path) = m {
                 mok::check_certificate(&read_certificate(path)?, &path.display().to_string())?;
             }
@@ -60,15 +64,25 @@ fn read_certificate(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("--enroll-mok: cannot read {}", path.display()))
 }
 
+/// What was written.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Written {
+    /// `Boot####`.
+    pub boot_entry: Option<String>,
+    /// The certificates whose enrollment was requested.
+    pub mok_requested: Vec<String>,
+}
+
 /// Writes the firmware variables for the installed disk (`disk_name`, of `sector_size`-byte
 /// logical blocks); `is_loop`: the disk is a loop device's file, not this machine's.
-pub fn write(config: &FirmwareConfig, baked: &Baked, disk_name: &str, sector_size: u64, is_loop: bool, progress: &Progress) -> Result<()> {
+pub fn write(config: &FirmwareConfig, baked: &Baked, disk_name: &str, sector_size: u64, is_loop: bool, progress: &Progress) -> Result<Written> {
+    let mut written = Written::default();
     if !config.boot_entry && config.enroll_mok.is_none() {
-        return Ok(());
+        return Ok(written);
     }
     if is_loop {
         progress.info(&format!("{disk_name} is a loop device: no firmware boot entry or MOK request written (they would name a disk this machine does not have)"));
-        return Ok(());
+        return Ok(written);
     }
     let vars = Efivars::new(&config.efivars);
     if let Some(reason) = vars.unwritable_reason() {
@@ -76,7 +90,7 @@ pub fn write(config: &FirmwareConfig, baked: &Baked, disk_name: &str, sector_siz
             bail!("--enroll-mok: cannot write the MOK request: {reason}");
         }
         progress.info(&format!("no firmware boot entry written: {reason}; the disk boots through the removable path (EFI/BOOT)"));
-        return Ok(());
+        return Ok(written);
     }
     if let Some(m) = &config.enroll_mok {
         let certs = match m {
@@ -93,13 +107,15 @@ pub fn write(config: &FirmwareConfig, baked: &Baked, disk_name: &str, sector_siz
         if !r.new.is_empty() {
             progress.info(&format!("MOK: enrollment of {} requested: on the next boot, choose \"Enroll MOK\" in MokManager and type the password", r.new.join(", ")));
         }
+        written.mok_requested = r.new;
     }
     if config.boot_entry {
         let entry = boot_entry(baked, sector_size)?;
         let number = write_boot_entry(&vars, &entry)?;
         progress.info(&format!("firmware boot entry {} \"{}\" written: {} on partition {}, first in BootOrder", load_option::boot_variable(number), entry.label, entry.loader, entry.esp.number));
+        written.boot_entry = Some(load_option::boot_variable(number));
     }
-    Ok(())
+    Ok(written)
 }
 
 /// A boot entry: the label, the ESP and the loader on it.
