@@ -47,19 +47,26 @@ todo=($(missing))
 [ ${#todo[@]} -eq 0 ] || { echo "setup: could not install ${todo[*]}" >&2; exit 1; }
 # docker-registry's package starts a system service on :5000; tests start their own.
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl stop docker-registry || true; fi
-# moto, the AWS emulator the cloud tests start on 127.0.0.1, in its own venv with every
-# dependency pinned (moto >= 5.2.2: older ones answer CompleteMultipartUpload wrongly).
-MOTO_VENV=${KILN_MOTO_VENV:-/opt/kiln-moto}
-MOTO_REQS=$(dirname "$(realpath "$0")")/moto-requirements.txt
-stamp=$(sha256sum "$MOTO_REQS" | cut -c1-16)
-if [ "$(cat "$MOTO_VENV/.kiln-stamp" 2>/dev/null)" != "$stamp" ]; then
-  echo "setup: installing moto into $MOTO_VENV"
-  rm -rf "$MOTO_VENV"
-  python3 -m venv "$MOTO_VENV"
-  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check -r "$MOTO_REQS"
-  "$MOTO_VENV/bin/python" -c "import moto.server, boto3"
-  echo "$stamp" > "$MOTO_VENV/.kiln-stamp"
-fi
+# Python tools the tests need that bookworm does not package (or packages too old), each in
+# a venv of its own with every dependency pinned; reinstalled when its requirements change.
+# venv DIR REQUIREMENTS CHECK…: CHECK (run with the venv's bin/ first) proves it works.
+venv() {
+  local dir=$1 reqs; reqs=$(dirname "$(realpath "$0")")/$2; shift 2
+  local stamp; stamp=$(sha256sum "$reqs" | cut -c1-16)
+  [ "$(cat "$dir/.kiln-stamp" 2>/dev/null)" = "$stamp" ] && return
+  echo "setup: installing $(basename "$reqs" -requirements.txt) into $dir"
+  rm -rf "$dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+  PATH="$dir/bin:$PATH" "$@" >/dev/null
+  echo "$stamp" > "$dir/.kiln-stamp"
+}
+# moto, the AWS emulator the cloud tests start on 127.0.0.1 (moto >= 5.2.2: older ones answer
+# CompleteMultipartUpload wrongly).
+venv "${KILN_MOTO_VENV:-/opt/kiln-moto}" moto-requirements.txt python -c "import moto.server, boto3"
+# virt-firmware (virt-fw-vars), the oracle that reads OVMF variable stores (the install guest
+# test's boot entry and MOK request).
+venv "${KILN_VIRT_FIRMWARE_VENV:-/opt/kiln-virt-firmware}" virt-firmware-requirements.txt virt-fw-vars --help
 # qemu-aarch64-static builds the arm64 test image (base.sh runs its dpkg and dracut under
 # emulation). Only the binary is taken from the package: installing qemu-user-static would leave
 # binfmt handlers registered for good, and kiln's arm64 bake test checks that none is (kiln must

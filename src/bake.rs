@@ -25,6 +25,7 @@ use crate::cli::BakeArgs;
 use crate::cloud::{self, aws};
 use crate::config::{self, BuildConfig};
 use crate::customize::{self, root::SystemRoot};
+use crate::efi::image::ImageFirmware;
 use crate::disk::{self, esp::Esp, image::ImageDisk, layout::parse_size, table, Disk, Ids, Layout, Role, Sysroot};
 use crate::image::{reference::RegistryRef, Image, Source};
 use crate::interrupt;
@@ -99,7 +100,7 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
     let mut written = Vec::new();
     for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
         interrupt::check()?;
-        match (format, &baked.asahi) {
+        match (format, &baked.system.asahi) {
             // The package's name comes from the image: known only now.
             (Format::Asahi, Some(package)) => {
                 let dir = path.parent().unwrap();
@@ -136,8 +137,19 @@ pub struct Baked {
     arch: String,
     /// The default AMI name: the image's name and version.
     ami_name: String,
+    /// The disk as laid out.
+    pub plan: disk::Plan,
+    pub system: SystemWritten,
+}
+
+/// What [`write_system`] put down, and what the image tells the firmware steps after it.
+pub struct SystemWritten {
+    pub bootloader: bootloader::Installed,
+    /// The deployment's directory below the sysroot (`ostree/deploy/<stateroot>/deploy/<checksum>.0`).
+    pub deployment: String,
+    pub firmware: ImageFirmware,
     /// What the Asahi package is made of besides the disk, when it was asked for.
-    asahi: Option<output::asahi::Package>,
+    pub asahi: Option<output::asahi::Package>,
 }
 
 /// `--type asahi` was asked for: the disk is also made into an Asahi package (4 KiB-sector
@@ -239,6 +251,9 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     if asahi && plan.part(Role::Esp).is_none() {
         bail!("--type asahi needs a layout with an ESP: the Asahi installer makes the EFI partition from it");
     }
+    if let Some(size) = args.root_size {
+        disk::limit_root(&mut plan, size, root_min)?;
+    }
     drop(scan);
 
     if disk.fixed_size().is_none() {
@@ -273,7 +288,7 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
         partition: BiosBootPartition { first_lba: p.offset / 512, sectors: p.size / 512 },
     });
     let mut target = SystemTarget { plan: &plan, sysroot: &mut sysroot, ids: &ids, image_disk_known };
-    let asahi = write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
+    let system = write_system(args, inputs, &image, &platform, &mut target, esp.as_mut().map(|e| e as &mut (dyn EspWriter + 'static)), bios, progress)?;
     if let (Some(e), Some(p)) = (esp, plan.part(Role::Esp)) {
         e.close(&disk.file, p)?;
     }
@@ -283,7 +298,7 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     table.commit()?;
     disk.file.sync_all().with_context(|| format!("writing {} failed (is its disk full?)", disk.name))?;
     stage.finish();
-    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image), asahi })
+    Ok(Baked { arch: platform.arch.oci.clone(), ami_name: default_ami_name(&image), plan, system })
 }
 
 /// Opens the image, checks it is bootable (and, for `--type asahi`, an Apple Silicon one),
@@ -333,7 +348,7 @@ pub fn write_system(
     mut esp: Option<&mut (dyn EspWriter + 'static)>,
     bios: Option<BiosTarget<'_>>,
     progress: &Progress,
-) -> Result<Option<output::asahi::Package>> {
+) -> Result<SystemWritten> {
     let SystemTarget { plan, ref mut sysroot, ids, image_disk_known } = *target;
     let Deployed { deployment, policy, verity } =
         write_deployment(args, inputs, image, platform, plan, sysroot, ids, image_disk_known, progress).map_err(explain_enospc)?;
@@ -358,10 +373,12 @@ pub fn write_system(
         esp: esp.as_deref_mut().map(|e| e as &mut dyn EspWriter),
         bios,
     };
-    bootloader::install(&platform.bootloader, &deployment.dir, target)?;
+    let installed = bootloader::install(&platform.bootloader, &deployment.dir, target)?;
     if let (Some(b), Some(e)) = (&boot_bin, esp) {
         bootloader::m1n1::install(b, e)?;
     }
+    let firmware = ImageFirmware::read(&bootloader::image_files::ImageRoot::new(&deployment.dir))?;
+    let deployment_path = deployment.dir.strip_prefix(&sysroot.root).unwrap_or(&deployment.dir).display().to_string();
     stage.finish();
     let asahi = m1n1.map(|m| asahi_package(image, &deployment.dir, &image_root, m, plan)).transpose()?;
     if let Some(policy) = &policy {
@@ -376,7 +393,7 @@ pub fn write_system(
         sysroot.enable_verity(&ostree::composefs::verity_files(&sysroot.root)?).map_err(explain_enospc)?;
         stage.finish();
     }
-    Ok(asahi)
+    Ok(SystemWritten { bootloader: installed, deployment: deployment_path, firmware, asahi })
 }
 
 /// The Asahi package's names and icon, from the image, and the disk's partitions it is made of.

@@ -95,6 +95,10 @@ pub struct BakeArgs {
     /// (bootc's option of the same name).
     #[arg(long)]
     pub disable_selinux: bool,
+    /// `install to-disk --root-size`: the root partition's size, the rest of the disk left
+    /// unallocated (a bake sizes its disk instead).
+    #[arg(skip)]
+    pub root_size: Option<u64>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -275,7 +279,8 @@ pub struct ToFilesystemArgs {
     pub root: PathBuf,
     /// The image, as for `kiln bake`.
     pub image: String,
-    /// wipe: delete what the root (and /boot) filesystems hold first.
+    /// wipe: delete what the root (and /boot) filesystems hold first; alongside: keep the
+    /// files there (another system's) and empty only /boot and the ESP.
     #[arg(long, value_enum)]
     pub replace: Option<Replace>,
     #[command(flatten)]
@@ -321,9 +326,24 @@ pub struct ToDiskArgs {
     /// Partition layout: a name from layouts/ or a TOML file (default: bootc).
     #[arg(long)]
     pub layout: Option<String>,
+    /// Size of the root partition: a number of MiB, or with a unit (20G, 512M, 1T); the rest
+    /// of the disk is left unallocated (default: the root takes it).
+    #[arg(long)]
+    pub root_size: Option<String>,
     /// Keep what was written when the install fails (default: leave an empty partition table).
     #[arg(long)]
     pub preserve_on_error: bool,
+    /// Write no firmware boot entry (by default one for the image's shim goes first in the
+    /// running machine's BootOrder, when it booted through UEFI).
+    #[arg(long)]
+    pub no_nvram: bool,
+    /// Ask shim's MokManager to enroll a certificate on the next boot, as `mokutil --import`
+    /// does: `auto` takes the image's /etc/pki/akmods/certs/*.der (Universal Blue, Immutablue).
+    #[arg(long, value_name = "auto|PATH.der")]
+    pub enroll_mok: Option<crate::install::nvram::EnrollMok>,
+    /// The password MokManager asks for to enroll (default: Universal Blue's).
+    #[arg(long, default_value = crate::efi::mok::DEFAULT_PASSWORD)]
+    pub mok_password: String,
     #[command(flatten)]
     pub deployment: InstallDeploymentArgs,
 }

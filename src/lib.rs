@@ -11,6 +11,7 @@ pub mod cloud;
 pub mod config;
 pub mod customize;
 pub mod disk;
+pub mod efi;
 pub mod fsmeta;
 pub mod fsverity;
 pub mod interrupt;

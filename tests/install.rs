@@ -257,6 +257,18 @@ fn bad_devices_are_refused_and_left_untouched() {
     refused(&[&lo.dev], &[&format!("{} has partitions ({}, {}): pass --wipe", lo.dev, lo.part(1), lo.part(2))]);
     assert_eq!(sha256(&lo.file), before, "a refused install changed the disk");
 
+    // What --enroll-mok is given is checked before anything is written.
+    let pem = s.path().join("cert.pem");
+    let der = s.path().join("cert.der");
+    run(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kiln refusal test/"]).arg("-keyout").arg(s.path().join("key.pem")).arg("-out").arg(&pem));
+    run(Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&pem).arg("-out").arg(&der));
+    let (pem, der) = (pem.to_str().unwrap(), der.to_str().unwrap());
+    refused(&["--wipe", "--enroll-mok", pem, &lo.dev], &[&format!("{pem} is PEM; MOK enrollment takes DER")]);
+    let missing = s.path().join("missing.der");
+    refused(&["--wipe", "--enroll-mok", missing.to_str().unwrap(), &lo.dev], &[&format!("--enroll-mok: cannot read {}", missing.display())]);
+    refused(&["--wipe", "--enroll-mok", der, "--mok-password", "pässwort", &lo.dev], &["the MOK password must be printable ASCII"]);
+    assert_eq!(sha256(&lo.file), before, "a refused install changed the disk");
+
     // A table the kernel does not know about is found on the disk itself.
     let unknown = Loop::new(&s, "table.raw", "64M", &["--partscan"]);
     run(Command::new("sh").arg("-c").arg(format!("printf 'label: gpt\\n,20M\\n' | sfdisk -q --no-reread {}; partx -d {0} 2>/dev/null; true", unknown.file.display())));
@@ -461,4 +473,121 @@ fn to_filesystem_with_and_without_a_separate_boot() {
             boots(&s.path().join("disk.raw"), Firmware::Uefi, "install-to-filesystem", None);
         }
     }
+}
+
+/// The `result` event of a `--progress json` run's stderr.
+fn result_event(stderr: &str) -> serde_json::Value {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "result")
+        .map(|v| v["result"].clone())
+        .unwrap_or_else(|| panic!("no result event:\n{stderr}"))
+}
+
+/// `--root-size` gives the root that much and leaves the rest of the disk unallocated; with
+/// `--progress json` the run ends with a result event whose device, partitions (node, start,
+/// size, filesystem, UUID) and deployment are what sfdisk, blkid and ostree read back; a loop
+/// device gets no firmware variables, and says so.
+#[test]
+fn to_disk_root_size_and_json_result() {
+    let s = Scratch::new("install-root-size");
+    let lo = Loop::new(&s, "disk.raw", "8G", &["--partscan"]);
+    let o = kiln(&["install", "to-disk", "--progress", "json", "--root-size", "3G", &lo.dev, &image_ref()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("is a loop device: no firmware boot entry or MOK request written"), "{err}");
+    let result = result_event(&err);
+    println!("{result:#}");
+    assert_eq!(result["device"], lo.dev.as_str(), "{result:#}");
+    assert_eq!(result["firmware"]["boot_entry"], serde_json::Value::Null, "{result:#}");
+
+    let t = sfdisk_json(&lo.dev);
+    let sector = t["partitiontable"]["sectorsize"].as_u64().unwrap();
+    let table = t["partitiontable"]["partitions"].as_array().unwrap();
+    let reported = result["partitions"].as_array().unwrap();
+    assert_eq!(reported.len(), table.len(), "{result:#}\n{t:#}");
+    for (r, p) in reported.iter().zip(table) {
+        assert_eq!(r["node"], p["node"], "{result:#}\n{t:#}");
+        assert_eq!(r["start"].as_u64(), p["start"].as_u64().map(|n| n * sector), "{result:#}\n{t:#}");
+        assert_eq!(r["size"].as_u64(), p["size"].as_u64().map(|n| n * sector), "{result:#}\n{t:#}");
+        if let Some(fs) = r["filesystem"].as_str() {
+            let node = p["node"].as_str().unwrap();
+            assert_eq!(blkid(node, "TYPE"), fs, "{result:#}");
+            assert_eq!(blkid(node, "UUID"), r["uuid"].as_str().unwrap(), "{result:#}");
+        }
+    }
+    let root = reported.iter().find(|r| r["role"] == "root").expect("a root partition");
+    assert_eq!(root["size"].as_u64(), Some(3 << 30), "{result:#}");
+    let last = table.last().unwrap();
+    let end = (last["start"].as_u64().unwrap() + last["size"].as_u64().unwrap()) * sector;
+    assert!((8u64 << 30) - end > 4 << 30, "the rest of the disk is not free: the partitions end at {end}\n{t:#}");
+    let free = run(Command::new("sfdisk").args(["-F", &lo.dev]));
+    assert!(free.contains("Unpartitioned space"), "{free}");
+
+    let deployment = result["deployment"]["path"].as_str().unwrap();
+    let root_node = root["node"].as_str().unwrap();
+    let out = run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c"]).arg(format!(
+        "set -e; m=$(mktemp -d); mount -o ro {root_node} $m; test -d $m/{deployment}; ostree admin status --sysroot $m; umount $m; rmdir $m"
+    )));
+    let checksum = deployment.rsplit('/').next().unwrap().split('.').next().unwrap();
+    assert!(out.contains(checksum), "ostree admin status does not list {deployment}:\n{out}");
+    no_mounts_of(&lo);
+}
+
+/// `to-filesystem --replace alongside` onto a btrfs subvolume that holds another system's
+/// files, with a separate /boot: those files stay, /boot and the ESP are emptied first, the
+/// boot entry mounts the subvolume (`rootflags=subvol=/root`, as bootc adds it), and the disk
+/// boots under UEFI. Without a separate /boot it is refused (GRUB would not find /boot inside
+/// the subvolume).
+#[test]
+fn to_filesystem_alongside_on_a_btrfs_subvolume() {
+    let s = Scratch::new("install-to-filesystem-alongside");
+    let lo = Loop::new(&s, "disk.raw", "4G", &["--partscan"]);
+    run(Command::new("sh").arg("-c").arg(format!(
+        "printf 'label: gpt\\n,1M,21686148-6449-6E6F-744E-656564454649\\n,512M,U\\n,1G,L\\n,,L\\n' | sfdisk -q --no-reread {0} && partx -a {0}",
+        lo.dev
+    )));
+    std::thread::sleep(Duration::from_millis(300));
+    run(Command::new("mkfs.fat").args(["-F", "32", "-n", "EFI-SYSTEM", &lo.part(2)]));
+    let old = s.path().join("OLD.TXT");
+    std::fs::write(&old, "the other system's loader").unwrap();
+    run(Command::new("mcopy").args(["-i", &lo.part(2)]).arg(&old).arg("::/OLD.TXT"));
+    run(Command::new("mkfs.ext4").args(["-q", "-L", "boot", &lo.part(3)]));
+    run(Command::new("mkfs.btrfs").args(["-q", "-f", "-L", "root", &lo.part(4)]));
+    let mnt = s.path().join("root");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let prepare = format!(
+        "set -e; mount {r} {m}; btrfs -q subvolume create {m}/root; mkdir -p {m}/root/etc {m}/root/boot; echo old > {m}/root/etc/other-os; umount {m}",
+        r = lo.part(4),
+        m = mnt.display()
+    );
+    let install = "\"$KILN\" install to-filesystem --replace alongside --progress json --target-imgref quay.io/kiln/test:latest";
+    let o = in_namespace(&format!("{prepare}; mount -o subvol=root {r} {m}; {install} {m} \"$IMAGE\"", r = lo.part(4), m = mnt.display()));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is the btrfs subvolume /root, and GRUB does not find a /boot inside a subvolume"), "{err}");
+    let o = in_namespace(&format!(
+        "set -e; mount -o subvol=root {r} {m}; mount {b} {m}/boot; echo kernel > {m}/boot/vmlinuz-other; \
+         {install} {m} \"$IMAGE\"; \
+         echo '== entries'; cat {m}/boot/loader/entries/*.conf; echo '== other'; cat {m}/etc/other-os; echo '== boot'; ls {m}/boot",
+        r = lo.part(4),
+        b = lo.part(3),
+        m = mnt.display()
+    ));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "install to-filesystem --replace alongside failed:\n{err}\n{out}");
+    let section = |name: &str| out.split(&format!("== {name}\n")).nth(1).unwrap_or_default().split("\n== ").next().unwrap_or_default().to_string();
+    let root_uuid = blkid(&lo.part(4), "UUID");
+    assert!(section("entries").contains(&format!("root=UUID={root_uuid} rw")), "{out}");
+    assert!(section("entries").contains("rootflags=subvol=/root"), "{out}");
+    assert_eq!(section("other").trim(), "old", "{out}");
+    assert!(!section("boot").contains("vmlinuz-other"), "/boot was not emptied:\n{out}");
+    assert_eq!(result_event(&err)["root"], mnt.display().to_string());
+    let esp = run(Command::new("mdir").args(["-b", "-i", &lo.part(2), "::/"]));
+    assert!(!esp.to_uppercase().contains("OLD.TXT"), "the ESP was not emptied:\n{esp}");
+    let fat = run(Command::new("fsck.fat").args(["-n", &lo.part(2)]));
+    assert!(!fat.contains("differ"), "{fat}");
+    drop(lo);
+    boots(&s.path().join("disk.raw"), Firmware::Uefi, "install-alongside-btrfs", None);
 }

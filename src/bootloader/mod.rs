@@ -126,6 +126,9 @@ pub enum GrubConfig {
 pub struct Installed {
     /// The ESP directory of shim and GRUB (`debian`, `fedora`…), when UEFI was installed.
     pub uefi_vendor: Option<String>,
+    /// What a firmware boot entry starts, below the ESP's root: the vendor's shim, else its
+    /// GRUB (`EFI/fedora/shimx64.efi`), when UEFI was installed.
+    pub uefi_loader: Option<String>,
     /// core.img's size, when BIOS was installed.
     pub core_img_bytes: Option<usize>,
     pub grub_config: GrubConfig,
@@ -210,7 +213,11 @@ pub fn install(platform: &BootloaderPlatform, image_root: &Path, target: BootTar
     let saved = SavedState { installed, pending: None, static_configs };
     write_file(&target.boot_dir.join(state::STATE_FILE), &serde_json::to_vec(&saved)?, FILE_MODE)?;
 
-    Ok(Installed { uefi_vendor: esp.map(|(_, e)| e.vendor), core_img_bytes, grub_config })
+    let uefi_loader = esp.as_ref().map(|(uefi, e)| {
+        let shim = format!("{}/{}", e.vendor, uefi.shim);
+        format!("EFI/{}", if e.files.contains_key(&shim) { shim } else { format!("{}/{}", e.vendor, uefi.grub) })
+    });
+    Ok(Installed { uefi_vendor: esp.map(|(_, e)| e.vendor), uefi_loader, core_img_bytes, grub_config })
 }
 
 /// grub.cfg from the BLS entries, after checking GRUB will find each file they name.

@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha512};
 
 const ITOA64: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-const ROUNDS_DEFAULT: u32 = 5000;
+pub(crate) const ROUNDS_DEFAULT: u32 = 5000;
 
 /// The alphabet salts are written in.
 pub fn salt_from_bytes(bytes: &[u8]) -> String {
@@ -24,7 +24,7 @@ fn repeat_to(digest: &[u8], len: usize) -> Vec<u8> {
     digest.iter().copied().cycle().take(len).collect()
 }
 
-fn sha512_crypt_raw(p: &[u8], s: &[u8], rounds: u32) -> [u8; 64] {
+pub(crate) fn sha512_crypt_raw(p: &[u8], s: &[u8], rounds: u32) -> [u8; 64] {
     // Digest B: password, salt, password.
     let b: [u8; 64] = Sha512::new().chain_update(p).chain_update(s).chain_update(p).finalize().into();
     // Digest A: password, salt, B for each full 64 bytes of the password and the remainder,

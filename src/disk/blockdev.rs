@@ -133,6 +133,11 @@ pub struct BlockDevice {
 }
 
 impl BlockDevice {
+    /// A loop device: its disk is a file, not one of this machine's.
+    pub fn is_loop(&self) -> bool {
+        Path::new("/sys/class/block").join(&self.name).join("loop").exists()
+    }
+
     /// Opens `path` (a whole disk, already checked) read-write, with its size and logical
     /// sector size.
     pub fn open(path: &Path, dev: Dev, name: String) -> Result<BlockDevice> {

@@ -98,6 +98,23 @@ impl Esp {
         Ok(Esp { fs })
     }
 
+    /// Deletes everything on it (bootc empties the ESP for `to-filesystem --replace
+    /// alongside`).
+    pub fn clear(&self) -> Result<()> {
+        fn empty(dir: &fatfs::Dir<'_, Region>) -> Result<()> {
+            let entries: Vec<(String, bool)> =
+                dir.iter().filter_map(|e| e.ok()).map(|e| (e.file_name(), e.is_dir())).filter(|(n, _)| n != "." && n != "..").collect();
+            for (name, is_dir) in entries {
+                if is_dir {
+                    empty(&dir.open_dir(&name)?)?;
+                }
+                dir.remove(&name).with_context(|| format!("deleting {name} from the ESP"))?;
+            }
+            Ok(())
+        }
+        empty(&self.fs.root_dir())
+    }
+
     /// Flushes the FAT and closes the filesystem.
     pub fn close(self, disk: &File, part: &Partition) -> Result<()> {
         self.fs.unmount().context("closing the ESP")?;

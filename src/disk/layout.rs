@@ -18,7 +18,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("bootc", include_str!("../../layouts/bootc.toml")),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     BiosBoot,

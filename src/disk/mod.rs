@@ -185,6 +185,17 @@ pub fn check_fits(name: &str, size: u64, layout: &Layout, root_min: u64) -> Resu
     Ok(())
 }
 
+/// Gives the root partition `size` bytes (bootc's `--root-size`), leaving what it had beyond
+/// that unallocated.
+pub fn limit_root(plan: &mut Plan, size: u64, root_min: u64) -> Result<()> {
+    let size = size.div_ceil(MIB) * MIB;
+    let root = plan.partitions.iter_mut().find(|p| p.role == Role::Root).context("the plan has no root partition")?;
+    anyhow::ensure!(size >= root_min, "--root-size {} MiB is too small: this image needs a root of at least {} MiB", size / MIB, root_min.div_ceil(MIB));
+    anyhow::ensure!(size <= root.size, "--root-size {} MiB does not fit: the disk leaves {} MiB for the root", size / MIB, root.size / MIB);
+    root.size = size;
+    Ok(())
+}
+
 /// How big a root filesystem to make for `content` bytes of files: room for the filesystem's
 /// own metadata and block rounding (a quarter more), the deployment's copies of /etc and /var
 /// and the kernel in /boot, and a gigabyte to live in. Returns (size, the least that fits).

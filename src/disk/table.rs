@@ -221,8 +221,8 @@ fn crc32(data: &[u8]) -> u32 {
     crc.sum()
 }
 
-/// A GUID as GPT stores it: the first three fields little-endian.
-fn guid_bytes(s: &str) -> Result<[u8; 16]> {
+/// A GUID as GPT and UEFI store it: the first three fields little-endian.
+pub fn guid_bytes(s: &str) -> Result<[u8; 16]> {
     Ok(uuid::Uuid::parse_str(s).with_context(|| format!("{s:?} is not a GUID"))?.to_bytes_le())
 }
 

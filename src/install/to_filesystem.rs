@@ -35,6 +35,10 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
     let mounts = Mounts::read();
     let root_mount = mounts.at(&root).with_context(|| format!("{} is not a mount point: mount the target's root filesystem there first", root.display()))?;
     let boot_mount = mounts.at(&root.join("boot"));
+    if let (Some(subvol), None) = (root_mount.subvolume(), &boot_mount) {
+        // GRUB reads btrfs from its top subvolume: /boot's paths would need the subvolume's.
+        bail!("{} is the btrfs subvolume {subvol}, and GRUB does not find a /boot inside a subvolume: mount a separate /boot filesystem at {}/boot", root.display(), root.display());
+    }
     match args.replace {
         None => check_empty(&root, &mounts)?,
         Some(Replace::Wipe) => {
@@ -44,8 +48,18 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
                 wipe(&b.point, &mounts)?;
             }
         }
-        Some(Replace::Alongside) => bail!("--replace alongside is not supported yet: empty the filesystem, or pass --replace wipe"),
+        Some(Replace::Alongside) => {
+            if root.join("ostree").exists() {
+                bail!("{} already holds an ostree system (/ostree): --replace alongside installs next to another system's files; pass --replace wipe to replace it", root.display());
+            }
+            progress.info(&format!("--replace alongside: emptying /boot and the ESP; the other files on {} stay", root.display()));
+            let boot = boot_mount.as_ref().map(|b| b.point.clone()).unwrap_or_else(|| root.join("boot"));
+            if boot.is_dir() {
+                wipe(&boot, &mounts)?;
+            }
+        }
     }
+    let alongside = args.replace == Some(Replace::Alongside);
 
     let mut partitions = vec![found_partition(Role::Root, root_mount)?];
     if let Some(b) = boot_mount {
@@ -62,6 +76,9 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
     let mut esp_on_node = None;
     match (&esp_mount, &disk, gpt.iter().find(|e| e.type_guid == ESP_TYPE)) {
         (Some(m), _, _) => {
+            if alongside {
+                wipe(&m.point, &mounts)?;
+            }
             partitions.push(found_partition(Role::Esp, m)?);
             esp_writer = Some(Box::new(EspDir(m.point.clone())));
         }
@@ -75,6 +92,9 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
             part.size = size;
             part.number = entry.number;
             let esp = Esp::open(&file, &part).with_context(|| format!("opening the ESP {}", node.display()))?;
+            if alongside {
+                esp.clear().with_context(|| format!("emptying the ESP {}", node.display()))?;
+            }
             partitions.push(part.clone());
             esp_on_node = Some((esp, file, part));
         }
@@ -93,7 +113,11 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
     };
     let plan = Plan { size: 0, disk_guid: String::new(), partitions, mounts: MountScheme::Fstab, sector_4k: false, grow_root: false };
 
-    let bake_args = args.bake_args()?;
+    let mut bake_args = args.bake_args()?;
+    // bootc: a btrfs root in a subvolume is mounted with it.
+    if let Some(subvol) = root_mount.subvolume() {
+        bake_args.kargs.push(format!("rootflags=subvol={subvol}"));
+    }
     let inputs = bake::Inputs::read(&bake_args)?;
     let (image, platform) = bake::open_image(&bake_args, progress)?;
     let esp: Option<&mut (dyn EspWriter + 'static)> = match (&mut esp_writer, &mut esp_on_node) {
@@ -104,7 +128,7 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
     // The filesystems exist: an image's own disk description does not apply.
     let mut sysroot = Sysroot::existing(root.clone(), plan.root().filesystem.clone().unwrap_or_default());
     let mut target = bake::SystemTarget { plan: &plan, sysroot: &mut sysroot, ids: &Ids::from_seed(None), image_disk_known: true };
-    bake::write_system(&bake_args, &inputs, &image, &platform, &mut target, esp, bios, progress)?;
+    let system = bake::write_system(&bake_args, &inputs, &image, &platform, &mut target, esp, bios, progress)?;
     sysroot.close()?;
     if let Some((esp, file, part)) = esp_on_node {
         esp.close(&file, &part)?;
@@ -117,6 +141,9 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
         }
     }
     progress.info(&format!("installed {} on {}", args.image, root.display()));
+    let mut result = super::result_event(&bake_args, &plan, &system, |_| None);
+    result["root"] = root.display().to_string().into();
+    progress.result(result);
     Ok(())
 }
 
@@ -127,6 +154,18 @@ struct Mount {
     /// The mounted device.
     dev: Dev,
     node: PathBuf,
+    /// The filesystem's own options (mountinfo's super options).
+    options: String,
+}
+
+impl Mount {
+    /// The btrfs subvolume mounted (`subvol=/root` → `/root`), unless it is the top one.
+    fn subvolume(&self) -> Option<&str> {
+        if self.fstype != "btrfs" {
+            return None;
+        }
+        self.options.split(',').find_map(|o| o.strip_prefix("subvol=")).filter(|s| *s != "/" && !s.is_empty())
+    }
 }
 
 struct Mounts(Vec<Mount>);
@@ -141,7 +180,8 @@ impl Mounts {
                     let f: Vec<&str> = line.split(' ').collect();
                     let sep = f.iter().position(|x| *x == "-")?;
                     let node = PathBuf::from(unescape(f.get(sep + 2)?));
-                    Some(Mount { point: PathBuf::from(unescape(f.get(4)?)), fstype: f.get(sep + 1)?.to_string(), dev: dev_of_node(&node)?, node })
+                    let options = f.get(sep + 3).map(|o| unescape(o)).unwrap_or_default();
+                    Some(Mount { point: PathBuf::from(unescape(f.get(4)?)), fstype: f.get(sep + 1)?.to_string(), dev: dev_of_node(&node)?, node, options })
                 })
                 .collect(),
         )

@@ -163,6 +163,13 @@ pub struct Boot<'a> {
     /// The disk's logical (and physical) sector size as the guest sees it when not 512
     /// (4096: a 4Kn disk, as Apple's NVMe).
     pub logical_block_size: Option<u32>,
+    /// More disks, after the image (vdb, vdc…): a path, and whether the guest's writes go
+    /// into it (otherwise they are dropped, as the image's are).
+    pub extra_disks: Vec<(PathBuf, bool)>,
+    /// UEFI: the variable store to boot with and keep (made from OVMF's template when
+    /// missing), for a test that reads what was written to it or boots again with it. By
+    /// default each boot has a fresh copy, removed afterwards.
+    pub vars: Option<PathBuf>,
 }
 
 impl<'a> Boot<'a> {
@@ -175,7 +182,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB }
+        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None }
     }
 
     /// An aarch64 disk (UEFI, on `virt`).
@@ -210,7 +217,7 @@ impl<'a> Boot<'a> {
         };
         let console = self.log_dir.join(format!("{}-{fw}.console.log", self.name));
         let probe = self.log_dir.join(format!("{}-{fw}.probe.log", self.name));
-        let vars = self.log_dir.join(format!("{}-{fw}.OVMF_VARS.fd", self.name));
+        let vars = self.vars.clone().unwrap_or_else(|| self.log_dir.join(format!("{}-{fw}.OVMF_VARS.fd", self.name)));
         for f in [&console, &probe] {
             let _ = fs::remove_file(f);
         }
@@ -246,9 +253,14 @@ impl<'a> Boot<'a> {
             .arg(match self.logical_block_size {
                 Some(n) => format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
                 None => "virtio-blk-pci,drive=disk0".to_string(),
-            })
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()));
+            });
+        for (i, (disk, writable)) in self.extra_disks.iter().enumerate() {
+            cmd.arg("-drive")
+                .arg(format!("file={},format={},if=none,id=extra{i}{}", disk.display(), format_of(disk), if *writable { "" } else { ",snapshot=on" }))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=extra{i}"));
+        }
+        cmd.arg("-serial").arg(format!("file:{}", console.display()));
         match self.arch {
             Arch::X86_64 => cmd.arg("-serial").arg(format!("file:{}", probe.display())),
             // virt has one PL011 (QEMU 7.2): the probe gets a PCI 16550, after the disk so
@@ -261,7 +273,9 @@ impl<'a> Boot<'a> {
         if self.firmware == Firmware::Uefi {
             // A private copy of the variable store: the image's shim fallback writes boot
             // entries there, and each boot must start from the same firmware state.
-            fs::copy(vars_template, &vars).map_err(|e| err(format!("copy {vars_template}: {e}")))?;
+            if self.vars.is_none() || !vars.exists() {
+                fs::copy(vars_template, &vars).map_err(|e| err(format!("copy {vars_template}: {e}")))?;
+            }
             cmd.arg("-drive")
                 .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"))
                 .arg("-drive")
@@ -311,7 +325,9 @@ impl<'a> Boot<'a> {
             std::thread::sleep(Duration::from_millis(200));
         }
         drop(vm);
-        let _ = fs::remove_file(&vars);
+        if self.vars.is_none() {
+            let _ = fs::remove_file(&vars);
+        }
         match outcome {
             Ok(Outcome::Report(mut report)) => {
                 // What each boot costs (CI time is dominated by them).
