@@ -110,13 +110,22 @@ impl std::error::Error for Stopped {}
 
 /// Changes a layer reader keeps while a lower layer is still being merged; past this many
 /// it waits for its turn, so memory stays bounded however large the layers are.
-const READ_AHEAD: usize = 16 * 1024;
+const READ_AHEAD: usize = 64 * 1024;
+
+/// A layer read to its end before its turn to merge: the reader moves on to the next layer,
+/// and whoever merges the layer below merges this one too.
+struct Parked {
+    layer: merge::LayerMerge,
+    changes: Vec<layer::Change>,
+    summary: layer::LayerSummary,
+    what: String,
+}
 
 /// Applies every layer of `image` with OCI semantics, storing file bytes in `store`.
 /// Layers are read (decompressed, hashed, their files stored) in parallel, up to one per core,
 /// and merged strictly in order: the reader of the lowest layer not yet merged applies its
 /// changes as they stream past; the others keep up to [`READ_AHEAD`] changes until their
-/// turn. `label` names the work in progress reports.
+/// turn (a layer read whole by then is left for the merge to finish, [`Parked`]). `label` names the work in progress reports.
 pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress, label: &str) -> anyhow::Result<Merged> {
     let count = image.layers.len();
     let stage = progress.stage(label, Some(image.layers.iter().map(|l| l.descriptor.size).sum()));
@@ -130,6 +139,7 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
     // Each layer's own tree, and the first error by layer order.
     let layers: Mutex<Vec<Option<Dir>>> = Mutex::new((0..count).map(|_| None).collect());
     let errors: Mutex<Vec<(usize, anyhow::Error)>> = Mutex::new(Vec::new());
+    let parked: Mutex<Vec<Option<Parked>>> = Mutex::new((0..count).map(|_| None).collect());
     let skipped = Mutex::new(Vec::new());
     let content_bytes = std::sync::atomic::AtomicU64::new(0);
 
@@ -154,7 +164,8 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                     return;
                 }
                 let what = format!("{}: {}", image.describe(), image.layers[i].describe(count));
-                let read = || -> anyhow::Result<()> {
+                // Ok(false): parked, not merged yet.
+                let read = || -> anyhow::Result<bool> {
                     let mut tar = image.layer_tar(i, Some(&stage))?;
                     let mut layer = merge::LayerMerge::new();
                     let mut waiting: Vec<layer::Change> = Vec::new();
@@ -184,6 +195,14 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                     // Read to the end: the digest and diff_id are checked there.
                     crate::image::blob::drain(tar).with_context(|| what.clone())?;
                     if merging.is_none() {
+                        let t = turn.lock().unwrap_or_else(|e| e.into_inner());
+                        if *t != i {
+                            // Checked and parked under the turn's lock: the merge below
+                            // cannot pass this layer unseen.
+                            parked.lock().unwrap()[i] = Some(Parked { layer, changes: waiting, summary, what: what.clone() });
+                            return Ok(false);
+                        }
+                        drop(t);
                         if !wait_turn(i) {
                             return Err(stopped());
                         }
@@ -196,14 +215,33 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                     layers.lock().unwrap()[i] = Some(layer.finish());
                     skipped.lock().unwrap().extend(summary.skipped);
                     content_bytes.fetch_add(summary.content_bytes, Ordering::SeqCst);
-                    Ok(())
+                    Ok(true)
                 };
                 // A reader that panics must still answer, or the readers above wait forever.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("{what}: reading the layer failed (the panic above)")));
                 let mut t = turn.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
-                    Ok(()) => *t = i + 1,
+                    Ok(false) => {}
+                    Ok(true) => {
+                        *t = i + 1;
+                        // The layers above that were read whole meanwhile.
+                        while *t < count && !failed.load(Ordering::SeqCst) {
+                            let Some(p) = parked.lock().unwrap()[*t].take() else { break };
+                            let mut m = merger.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut layer = p.layer;
+                            let applied = p.changes.into_iter().try_for_each(|c| layer.change(&mut m, c, &p.what));
+                            if let Err(e) = applied {
+                                failed.store(true, Ordering::SeqCst);
+                                errors.lock().unwrap().push((*t, e));
+                                break;
+                            }
+                            layers.lock().unwrap()[*t] = Some(layer.finish());
+                            skipped.lock().unwrap().extend(p.summary.skipped);
+                            content_bytes.fetch_add(p.summary.content_bytes, Ordering::SeqCst);
+                            *t += 1;
+                        }
+                    }
                     Err(e) => {
                         failed.store(true, Ordering::SeqCst);
                         errors.lock().unwrap().push((i, e));
