@@ -1,6 +1,7 @@
-//! Reads one layer's tar stream into the list of changes it makes, storing file bytes in the
-//! content store as they stream past. Paths are checked here: nothing in a layer can name a
-//! place outside the image's root.
+//! Reads one layer's tar stream into the changes it makes, handed one at a time, in the tar's
+//! order, to a sink (the merge), file bytes stored in the content store as they stream past: no
+//! list of the layer's changes is kept, so memory does not grow with the layer. Paths are
+//! checked here: nothing in a layer can name a place outside the image's root.
 
 use std::io::Read;
 
@@ -28,10 +29,9 @@ pub enum Change {
     Marker { path: Components, file: super::File },
 }
 
-/// What one layer does.
+/// What reading one layer found besides its changes.
 #[derive(Debug, Default)]
-pub struct LayerChanges {
-    pub changes: Vec<Change>,
+pub struct LayerSummary {
     /// Device nodes and FIFOs, which an ostree commit cannot hold (skipped as ostree-ext does).
     pub skipped: Vec<String>,
     /// Bytes of regular-file content in the layer.
@@ -41,10 +41,16 @@ pub struct LayerChanges {
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
-/// Reads a layer's tar stream to its end. `what` names the layer in errors.
-pub fn read_layer(tar_stream: impl Read, store: &dyn ContentStore, what: &str) -> Result<LayerChanges> {
+/// Reads a layer's tar stream to its end, handing each change to `sink`. `what` names the
+/// layer in errors.
+pub fn read_layer(
+    tar_stream: impl Read,
+    store: &dyn ContentStore,
+    what: &str,
+    sink: &mut dyn FnMut(Change) -> Result<()>,
+) -> Result<LayerSummary> {
     let mut archive = tar::Archive::new(tar_stream);
-    let mut out = LayerChanges::default();
+    let mut out = LayerSummary::default();
     let entries = archive.entries().with_context(|| format!("{what}: not a tar stream"))?;
     for entry in entries {
         let mut entry = entry.with_context(|| format!("{what}: corrupt tar stream"))?;
@@ -62,25 +68,25 @@ pub fn read_layer(tar_stream: impl Read, store: &dyn ContentStore, what: &str) -
         if let Some(name) = path.last() {
             let marker = name.starts_with(WHITEOUT);
             if name.as_slice() == OPAQUE {
-                out.changes.push(Change::Opaque { dir: path[..path.len() - 1].to_vec() });
+                sink(Change::Opaque { dir: path[..path.len() - 1].to_vec() })?;
             } else if name.starts_with(b".wh..wh.") {
                 continue;
             } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
                 let mut p = path[..path.len() - 1].to_vec();
                 p.push(hidden.to_vec());
                 components_ok(&p).with_context(at)?;
-                out.changes.push(Change::Whiteout { path: p });
+                sink(Change::Whiteout { path: p })?;
             }
             if marker {
                 let content = store.put(&path, &meta, 0, &mut std::io::empty()).with_context(at)?;
-                out.changes.push(Change::Marker { path, file: super::File { meta, size: 0, content } });
+                sink(Change::Marker { path, file: super::File { meta, size: 0, content } })?;
                 continue;
             }
         }
 
         use tar::EntryType as T;
         match kind {
-            T::Directory => out.changes.push(Change::Dir { path, meta }),
+            T::Directory => sink(Change::Dir { path, meta })?,
             T::Regular | T::Continuous | T::GNUSparse => {
                 if path.is_empty() {
                     bail!("{}: a regular file cannot be the image root", at());
@@ -88,20 +94,20 @@ pub fn read_layer(tar_stream: impl Read, store: &dyn ContentStore, what: &str) -
                 let size = entry.size();
                 let content = store.put(&path, &meta, size, &mut entry).with_context(at)?;
                 out.content_bytes += size;
-                out.changes.push(Change::File { path, meta, size, content });
+                sink(Change::File { path, meta, size, content })?;
             }
             T::Symlink => {
                 let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
                 if target.is_empty() {
                     bail!("{}: symlink without a target", at());
                 }
-                out.changes.push(Change::Symlink { path, meta, target });
+                sink(Change::Symlink { path, meta, target })?;
             }
             T::Link => {
                 let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
                 let target = components(&target)
                     .with_context(|| format!("{}: hardlink target {:?}", at(), String::from_utf8_lossy(&target)))?;
-                out.changes.push(Change::Hardlink { path, target });
+                sink(Change::Hardlink { path, target })?;
             }
             T::Char | T::Block | T::Fifo => out.skipped.push(format!("/{shown}")),
             other => bail!("{}: unsupported tar entry type {:?}", at(), other.as_byte() as char),

@@ -96,22 +96,67 @@ pub struct Merged {
     pub content_bytes: u64,
 }
 
+/// A layer reader stopped because another failed.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "stopped: another layer failed")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Changes a layer reader keeps while a lower layer is still being merged; past this many
+/// it waits for its turn, so memory stays bounded however large the layers are.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// A layer read to its end before its turn to merge: the reader moves on to the next layer,
+/// and whoever merges the layer below merges this one too.
+struct Parked {
+    layer: merge::LayerMerge,
+    changes: Vec<layer::Change>,
+    summary: layer::LayerSummary,
+    what: String,
+}
+
 /// Applies every layer of `image` with OCI semantics, storing file bytes in `store`.
 /// Layers are read (decompressed, hashed, their files stored) in parallel, up to one per core,
-/// and merged strictly in order.
-/// `label` names the work in progress reports.
+/// and merged strictly in order: the reader of the lowest layer not yet merged applies its
+/// changes as they stream past; the others keep up to [`READ_AHEAD`] changes until their
+/// turn (a layer read whole by then is left for the merge to finish, [`Parked`]). `label` names the work in progress reports.
 pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress, label: &str) -> anyhow::Result<Merged> {
     let count = image.layers.len();
     let stage = progress.stage(label, Some(image.layers.iter().map(|l| l.descriptor.size).sum()));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(count.max(1));
     let next = AtomicUsize::new(0);
-    // Finished layers wait here until every layer below them has been merged.
-    let results: Mutex<Vec<Option<anyhow::Result<layer::LayerChanges>>>> =
-        Mutex::new((0..count).map(|_| None).collect());
-    let ready = std::sync::Condvar::new();
+    let merger = Mutex::new(merge::Merger::default());
+    // The layer whose turn it is to merge; `count` when all are.
+    let turn = Mutex::new(0usize);
+    let turn_changed = std::sync::Condvar::new();
     let failed = std::sync::atomic::AtomicBool::new(false);
+    // Each layer's own tree, and the first error by layer order.
+    let layers: Mutex<Vec<Option<Dir>>> = Mutex::new((0..count).map(|_| None).collect());
+    let errors: Mutex<Vec<(usize, anyhow::Error)>> = Mutex::new(Vec::new());
+    let parked: Mutex<Vec<Option<Parked>>> = Mutex::new((0..count).map(|_| None).collect());
+    let skipped = Mutex::new(Vec::new());
+    let content_bytes = std::sync::atomic::AtomicU64::new(0);
 
-    let merged = std::thread::scope(|s| -> anyhow::Result<Merged> {
+    // Waits until layer `i` may merge; false when the bake failed meanwhile.
+    let wait_turn = |i: usize| -> bool {
+        let mut t = turn.lock().unwrap_or_else(|e| e.into_inner());
+        while *t != i {
+            if failed.load(Ordering::SeqCst) {
+                return false;
+            }
+            t = turn_changed.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+        !failed.load(Ordering::SeqCst)
+    };
+    let stopped = || anyhow::Error::new(Stopped);
+
+    std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -119,57 +164,106 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                     return;
                 }
                 let what = format!("{}: {}", image.describe(), image.layers[i].describe(count));
-                let read = || {
-                    image.layer_tar(i, Some(&stage)).and_then(|mut tar| {
-                        let changes = layer::read_layer(&mut tar, store, &what)?;
-                        // Read to the end: the digest and diff_id are checked there.
-                        crate::image::blob::drain(tar).with_context(|| what.clone())?;
-                        Ok(changes)
-                    })
+                // Ok(false): parked, not merged yet.
+                let read = || -> anyhow::Result<bool> {
+                    let mut tar = image.layer_tar(i, Some(&stage))?;
+                    let mut layer = merge::LayerMerge::new();
+                    let mut waiting: Vec<layer::Change> = Vec::new();
+                    let mut merging: Option<std::sync::MutexGuard<merge::Merger>> = None;
+                    let mut sink = |change: layer::Change| -> anyhow::Result<()> {
+                        if failed.load(Ordering::SeqCst) {
+                            return Err(stopped());
+                        }
+                        if merging.is_none() {
+                            let my_turn = *turn.lock().unwrap_or_else(|e| e.into_inner()) == i;
+                            if !my_turn && waiting.len() < READ_AHEAD {
+                                waiting.push(change);
+                                return Ok(());
+                            }
+                            if !wait_turn(i) {
+                                return Err(stopped());
+                            }
+                            let m = merging.insert(merger.lock().unwrap_or_else(|e| e.into_inner()));
+                            for c in waiting.drain(..) {
+                                layer.change(m, c, &what)?;
+                            }
+                            waiting = Vec::new();
+                        }
+                        layer.change(merging.as_mut().unwrap(), change, &what)
+                    };
+                    let summary = layer::read_layer(&mut tar, store, &what, &mut sink)?;
+                    // Read to the end: the digest and diff_id are checked there.
+                    crate::image::blob::drain(tar).with_context(|| what.clone())?;
+                    if merging.is_none() {
+                        let t = turn.lock().unwrap_or_else(|e| e.into_inner());
+                        if *t != i {
+                            // Checked and parked under the turn's lock: the merge below
+                            // cannot pass this layer unseen.
+                            parked.lock().unwrap()[i] = Some(Parked { layer, changes: waiting, summary, what: what.clone() });
+                            return Ok(false);
+                        }
+                        drop(t);
+                        if !wait_turn(i) {
+                            return Err(stopped());
+                        }
+                        let m = merging.insert(merger.lock().unwrap_or_else(|e| e.into_inner()));
+                        for c in waiting.drain(..) {
+                            layer.change(m, c, &what)?;
+                        }
+                    }
+                    drop(merging);
+                    layers.lock().unwrap()[i] = Some(layer.finish());
+                    skipped.lock().unwrap().extend(summary.skipped);
+                    content_bytes.fetch_add(summary.content_bytes, Ordering::SeqCst);
+                    Ok(true)
                 };
-                // A reader that panics must still answer, or the merge below waits forever.
+                // A reader that panics must still answer, or the readers above wait forever.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("{what}: reading the layer failed (the panic above)")));
-                if result.is_err() {
-                    failed.store(true, Ordering::SeqCst);
+                let mut t = turn.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        *t = i + 1;
+                        // The layers above that were read whole meanwhile.
+                        while *t < count && !failed.load(Ordering::SeqCst) {
+                            let Some(p) = parked.lock().unwrap()[*t].take() else { break };
+                            let mut m = merger.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut layer = p.layer;
+                            let applied = p.changes.into_iter().try_for_each(|c| layer.change(&mut m, c, &p.what));
+                            if let Err(e) = applied {
+                                failed.store(true, Ordering::SeqCst);
+                                errors.lock().unwrap().push((*t, e));
+                                break;
+                            }
+                            layers.lock().unwrap()[*t] = Some(layer.finish());
+                            skipped.lock().unwrap().extend(p.summary.skipped);
+                            content_bytes.fetch_add(p.summary.content_bytes, Ordering::SeqCst);
+                            *t += 1;
+                        }
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        errors.lock().unwrap().push((i, e));
+                    }
                 }
-                results.lock().unwrap()[i] = Some(result);
-                ready.notify_all();
+                drop(t);
+                turn_changed.notify_all();
             });
         }
-        // Merging in order; an error stops the readers too.
-        let merge_all = || -> anyhow::Result<Merged> {
-            let mut merger = merge::Merger::default();
-            let mut skipped = Vec::new();
-            let mut layers = Vec::new();
-            let mut content_bytes = 0;
-            for i in 0..count {
-                let changes = {
-                    let mut guard = results.lock().unwrap();
-                    loop {
-                        if let Some(r) = guard[i].take() {
-                            break r;
-                        }
-                        // A later layer failing ends the wait early: its error is the answer.
-                        if let Some(pos) = guard.iter().position(|r| matches!(r, Some(Err(_)))) {
-                            break guard[pos].take().unwrap();
-                        }
-                        guard = ready.wait(guard).unwrap();
-                    }
-                }?;
-                skipped.extend(changes.skipped.iter().cloned());
-                content_bytes += changes.content_bytes;
-                let what = format!("{}: {}", image.describe(), image.layers[i].describe(count));
-                layers.push(merger.apply(changes, &what)?);
-            }
-            Ok(Merged { root: merger.root, layers, skipped, content_bytes })
-        };
-        let merged = merge_all();
-        if merged.is_err() {
-            failed.store(true, Ordering::SeqCst);
-        }
-        merged
-    })?;
+    });
+    // The lowest layer's error; one that only stopped because another failed says less.
+    let mut errors = errors.into_inner().unwrap();
+    errors.sort_by_key(|(i, e)| (e.is::<Stopped>(), *i));
+    if let Some((_, e)) = errors.into_iter().next() {
+        return Err(e);
+    }
+    let merged = Merged {
+        root: merger.into_inner().unwrap_or_else(|e| e.into_inner()).root,
+        layers: layers.into_inner().unwrap().into_iter().map(|l| l.expect("every layer merged")).collect(),
+        skipped: skipped.into_inner().unwrap(),
+        content_bytes: content_bytes.into_inner(),
+    };
     stage.finish();
     if !merged.skipped.is_empty() {
         let shown: Vec<&str> = merged.skipped.iter().take(10).map(String::as_str).collect();
