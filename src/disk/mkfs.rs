@@ -64,14 +64,11 @@ pub fn check_supported(fs: &str) -> Result<()> {
     Ok(())
 }
 
-/// Options to mount a fresh filesystem of type `fs` with while kiln writes it. None of them is
-/// recorded in the filesystem. ext4: no background zeroing of inode tables, and no cache
-/// flushes at each journal commit (on a loop device each is an fsync of the backing file): the
-/// filesystem is flushed once when the sysroot closes (`syncfs`, then the device), and a bake
-/// that stops before that leaves nothing anyway.
+/// Options to mount a fresh filesystem of type `fs` with while kiln writes it (none is recorded
+/// in the filesystem). ext4: no background zeroing of inode tables.
 pub fn mount_options(fs: &str) -> &'static str {
     match fs {
-        "ext4" => "noinit_itable,barrier=0",
+        "ext4" => "noinit_itable",
         _ => "",
     }
 }
