@@ -30,8 +30,8 @@ use std::process::Command;
 
 use common::boot::{aarch64_machine_dtb, Boot};
 use common::gpt::{on_partition, partitions};
-use common::oci::{append_layer, write_layout, LayerBlob, RawTar};
-use common::{arm64_image, bake_fails, kiln, run, test_image, Scratch};
+use common::oci::{append_layer, LayerBlob, RawTar};
+use common::{arm64_image, bake_fails, kiln, run, test_image, tiny_image_for, Scratch};
 use serde_json::json;
 
 const AARCH64_ROOT: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
@@ -377,27 +377,10 @@ impl Drop for LoopDevice {
 
 // ---- bad input ----
 
-/// A bootable-looking image for `arch` with a kernel and the given files, in `dir`.
-fn tiny_image(dir: &Path, arch: &str, files: &[(&str, &str)]) -> String {
-    let mut t = RawTar::default()
-        .dir("usr/")
-        .dir("usr/lib/")
-        .file("usr/lib/os-release", "ID=tiny\nPRETTY_NAME=\"Tiny\"\n")
-        .dir("etc/")
-        .dir("usr/lib/modules/")
-        .dir("usr/lib/modules/6.1.0-a/")
-        .file("usr/lib/modules/6.1.0-a/vmlinuz", "kernel")
-        .file("usr/lib/modules/6.1.0-a/initramfs.img", "initramfs");
-    for (path, content) in files {
-        t = t.file(path, content);
-    }
-    write_layout(dir, &[LayerBlob { tar: t.finish(), gzip: true }], json!({"containers.bootc": "1"}), arch)
-}
-
 #[test]
 fn an_image_for_an_architecture_without_a_platform_is_refused() {
     let s = Scratch::new("arm64-bad-arch");
-    let image = tiny_image(&s.path().join("layout"), "riscv64", &[]);
+    let image = tiny_image_for(&s.path().join("layout"), "riscv64", &[]);
     bake_fails(&s, &image, &["--type", "raw", "--rootfs", "ext4"], &["no platform for riscv64", "amd64 and arm64", "--target-arch"]);
 }
 
@@ -408,7 +391,7 @@ fn target_arch_missing_from_the_index_lists_what_it_has() {
     // Two images in one layout, under one index with their platforms.
     let mut manifests = Vec::new();
     for arch in ["amd64", "arm64"] {
-        tiny_image(&layout, arch, &[]);
+        tiny_image_for(&layout, arch, &[]);
         let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
         let mut m = index["manifests"][0].clone();
         m["platform"] = if arch == "arm64" { json!({"os": "linux", "architecture": arch, "variant": "v8"}) } else { json!({"os": "linux", "architecture": arch}) };
@@ -434,7 +417,7 @@ fn asahi_needs_an_arm64_image_with_m1n1_and_u_boot() {
         &["--type asahi", "Apple Silicon", "arm64", "amd64 image"],
     );
     let s = Scratch::new("arm64-asahi-no-m1n1");
-    let image = tiny_image(&s.path().join("layout"), "arm64", &[]);
+    let image = tiny_image_for(&s.path().join("layout"), "arm64", &[]);
     bake_fails(
         &s,
         &image,
@@ -453,7 +436,7 @@ fn asahi_needs_an_arm64_image_with_m1n1_and_u_boot() {
 #[test]
 fn an_arm64_image_without_shim_or_grub_names_the_paths_searched() {
     let s = Scratch::new("arm64-no-bootloader");
-    let image = tiny_image(&s.path().join("layout"), "arm64", &[]);
+    let image = tiny_image_for(&s.path().join("layout"), "arm64", &[]);
     bake_fails(
         &s,
         &image,
@@ -461,7 +444,7 @@ fn an_arm64_image_without_shim_or_grub_names_the_paths_searched() {
         &["no UEFI bootloader", "/usr/lib/efi/<package>/<version>/EFI", "/usr/lib/bootupd/updates/EFI", "/usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed", "/usr/lib/shim/shimaa64.efi.signed"],
     );
     let s = Scratch::new("arm64-no-shim");
-    let image = tiny_image(&s.path().join("layout"), "arm64", &[("usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed", "not a PE file")]);
+    let image = tiny_image_for(&s.path().join("layout"), "arm64", &[("usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed", "not a PE file")]);
     let err = bake_fails(&s, &image, &["--type", "raw", "--rootfs", "ext4"], &["/usr/lib/shim/shimaa64.efi.signed", "/usr/lib/shim/mmaa64.efi.signed", "missing"]);
     assert!(!err.contains("grubaa64.efi.signed,"), "GRUB is there, yet named missing:\n{err}");
 }

@@ -227,10 +227,16 @@ pub fn bake_raw(s: &Scratch, image: &str, extra: &[&str]) -> PathBuf {
 
 /// A bootable-looking one-layer image with the given extra files, for bad input tests.
 pub fn tiny_image(s: &Scratch, files: &[(&str, &str)]) -> String {
+    tiny_image_for(&s.path().join("layout"), "amd64", files)
+}
+
+/// A bootable-looking one-layer image for `arch` (OCI naming) with the given extra files, in `dir`.
+pub fn tiny_image_for(dir: &Path, arch: &str, files: &[(&str, &str)]) -> String {
     let mut t = oci::RawTar::default()
         .dir("usr/")
         .dir("usr/lib/")
-        .file("usr/lib/os-release", "PRETTY_NAME=\"Tiny\"\n")
+        .file("usr/lib/os-release", "ID=tiny\nPRETTY_NAME=\"Tiny\"\n")
+        .dir("etc/")
         .dir("usr/lib/modules/")
         .dir("usr/lib/modules/6.1.0-a/")
         .file("usr/lib/modules/6.1.0-a/vmlinuz", "kernel")
@@ -238,7 +244,7 @@ pub fn tiny_image(s: &Scratch, files: &[(&str, &str)]) -> String {
     for (path, content) in files {
         t = t.file(path, content);
     }
-    oci::write_layout(&s.path().join("layout"), &[oci::LayerBlob { tar: t.finish(), gzip: true }], serde_json::json!({"containers.bootc": "1"}), "amd64")
+    oci::write_layout(dir, &[oci::LayerBlob { tar: t.finish(), gzip: true }], serde_json::json!({"containers.bootc": "1"}), arch)
 }
 
 /// A sparse disk image of `size` bytes partitioned by `sfdisk` with `script`, then `writes`
