@@ -283,6 +283,14 @@ pub struct ToFilesystemArgs {
     /// files there (another system's) and empty only /boot and the ESP.
     #[arg(long, value_enum)]
     pub replace: Option<Replace>,
+    /// How the installed system names its root filesystem (`root=` and fstab), e.g.
+    /// `LABEL=root`; default `UUID=` of the filesystem at ROOT; empty: no `root=` at all.
+    #[arg(long, value_name = "SPEC")]
+    pub root_mount_spec: Option<String>,
+    /// How the installed system names /boot (`boot=` and its fstab line); default `UUID=` of
+    /// the filesystem mounted at ROOT/boot.
+    #[arg(long, value_name = "SPEC")]
+    pub boot_mount_spec: Option<String>,
     #[command(flatten)]
     pub deployment: InstallDeploymentArgs,
 }

@@ -441,8 +441,11 @@ fn to_filesystem_with_and_without_a_separate_boot() {
             assert!(!o.status.success() && err.contains(&format!("{} is not empty (found {}/leftover)", mnt.display(), mnt.display())), "{err}");
         }
 
+        // With a separate /boot, the root and /boot are named by label (bootc's mount specs), and
+        // the boot below proves the system finds them so.
+        let specs = if separate_boot { "--root-mount-spec LABEL=root --boot-mount-spec LABEL=boot" } else { "" };
         let o = in_namespace(&format!(
-            "set -e; mount {r} {m}; {mount_boot} \"$KILN\" install to-filesystem --progress plain --target-imgref quay.io/kiln/test:latest {m} \"$IMAGE\"; \
+            "set -e; mount {r} {m}; {mount_boot} \"$KILN\" install to-filesystem --progress plain --target-imgref quay.io/kiln/test:latest {specs} {m} \"$IMAGE\"; \
              echo; echo '== entries'; cat {m}/boot/loader/entries/*.conf; echo; echo '== fstab'; cat {m}/ostree/deploy/default/deploy/*.0/etc/fstab; \
              echo; echo '== status'; ostree admin status --sysroot {m}",
             r = root_part,
@@ -453,14 +456,14 @@ fn to_filesystem_with_and_without_a_separate_boot() {
         let section = |name: &str| out.split(&format!("== {name}\n")).nth(1).unwrap_or_default().split("\n== ").next().unwrap_or_default().to_string();
         let root_uuid = blkid(&root_part, "UUID");
         let entries = section("entries");
-        assert!(entries.contains(&format!("root=UUID={root_uuid} rw")), "{out}");
+        let root_spec = if separate_boot { "LABEL=root".to_string() } else { format!("UUID={root_uuid}") };
+        assert!(entries.contains(&format!("root={root_spec} rw")), "{out}");
         assert!(section("status").contains("Version: 12.kiln-test.1"), "{out}");
         let esp_uuid = blkid(&lo.part(2), "UUID");
         assert!(section("fstab").contains(&format!("UUID={esp_uuid} /boot/efi vfat")), "{out}");
         if separate_boot {
-            let boot_uuid = blkid(&lo.part(3), "UUID");
-            assert!(entries.contains(&format!("boot=UUID={boot_uuid}")), "{out}");
-            assert!(section("fstab").contains(&format!("UUID={boot_uuid} /boot ext4")), "{out}");
+            assert!(entries.contains("boot=LABEL=boot"), "{out}");
+            assert!(section("fstab").contains("LABEL=boot /boot ext4"), "{out}");
         } else {
             assert!(!entries.contains("boot=UUID"), "{out}");
         }

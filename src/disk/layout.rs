@@ -240,9 +240,18 @@ pub struct Partition {
     pub mountpoint: Option<String>,
     pub options: Option<String>,
     pub subvolumes: Vec<SubvolumeSpec>,
+    /// How the installed system names the filesystem (`root=`, `boot=`, fstab's first field)
+    /// when not by its UUID: `install to-filesystem --root-mount-spec/--boot-mount-spec`; empty:
+    /// not named at all (bootc: no `root=`, for a system that finds its root by itself).
+    pub mount_spec: Option<String>,
 }
 
 impl Partition {
+    /// `UUID=…`, or the mount spec given for it.
+    pub fn spec(&self) -> String {
+        self.mount_spec.clone().unwrap_or_else(|| format!("UUID={}", self.fs_uuid))
+    }
+
     /// How messages name the partition.
     pub fn describe(&self) -> String {
         match (&self.name, &self.mountpoint) {
@@ -340,6 +349,7 @@ pub fn plan(layout: &Layout, root_fs: &str, root_type: &str, root_min: u64, root
             mountpoint: spec.mountpoint.clone(),
             options: spec.options.clone(),
             subvolumes: spec.subvolumes.clone(),
+            mount_spec: None,
         });
         offset += bytes;
     }

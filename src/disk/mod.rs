@@ -204,12 +204,18 @@ pub fn root_size(content: u64) -> (u64, u64) {
     (least + (1 << 30), least)
 }
 
-/// The kernel arguments the disk contributes: the root by UUID, read-write, and /boot (for
-/// FIPS' check of the kernel), as bootc adds them.
+/// The kernel arguments the disk contributes: the root (by UUID unless another mount spec was
+/// given; none when that is empty), read-write, and /boot (for FIPS' check of the kernel), as
+/// bootc adds them.
 pub fn kargs(plan: &Plan) -> Vec<String> {
-    let mut k = vec![format!("root=UUID={}", plan.root().fs_uuid), "rw".to_string()];
-    if let Some(boot) = plan.part(Role::Boot) {
-        k.push(format!("boot=UUID={}", boot.fs_uuid));
+    let mut k = Vec::new();
+    let root = plan.root().spec();
+    if !root.is_empty() {
+        k.push(format!("root={root}"));
+    }
+    k.push("rw".to_string());
+    if let Some(boot) = plan.part(Role::Boot).map(|b| b.spec()).filter(|s| !s.is_empty()) {
+        k.push(format!("boot={boot}"));
     }
     k
 }

@@ -20,7 +20,10 @@ use crate::customize::root::{Content, SystemRoot};
 
 /// One thing to mount.
 struct Entry {
+    /// The filesystem's UUID (units name the device by it).
     what: String,
+    /// fstab's first field: `UUID=…`, or the mount spec given for the filesystem.
+    spec: String,
     /// The mountpoint, or `None` for swap.
     at: Option<String>,
     fs: String,
@@ -35,15 +38,16 @@ fn entries(plan: &Plan) -> Vec<Entry> {
         // partition at boot, as Fedora's Asahi images ask in their fstab.
         let root = plan.root();
         let fs = root.filesystem.clone().unwrap_or_else(|| "ext4".into());
-        out.push(Entry { what: root.fs_uuid.clone(), at: Some("/".into()), fs, options: "defaults,x-systemd.growfs".into(), passno: 0 });
+        out.push(Entry { what: root.fs_uuid.clone(), spec: root.spec(), at: Some("/".into()), fs, options: "defaults,x-systemd.growfs".into(), passno: 0 });
     }
     if let Some(boot) = plan.part(Role::Boot) {
         let fs = boot.filesystem.clone().unwrap_or_else(|| "ext4".into());
-        out.push(Entry { what: boot.fs_uuid.clone(), at: Some("/boot".into()), fs, options: "defaults".into(), passno: 2 });
+        out.push(Entry { what: boot.fs_uuid.clone(), spec: boot.spec(), at: Some("/boot".into()), fs, options: "defaults".into(), passno: 2 });
     }
     if let Some(esp) = plan.part(Role::Esp) {
         out.push(Entry {
             what: esp.fs_uuid.clone(),
+            spec: esp.spec(),
             at: Some("/boot/efi".into()),
             fs: "vfat".into(),
             options: "defaults,uid=0,gid=0,umask=077,shortname=winnt".into(),
@@ -54,16 +58,17 @@ fn entries(plan: &Plan) -> Vec<Entry> {
     for p in plan.partitions.iter().filter(|p| p.role == Role::Data) {
         let options = p.options.clone().unwrap_or_else(|| "defaults".into());
         match (p.filesystem.as_deref(), &p.mountpoint) {
-            (Some("swap"), _) => data.push(Entry { what: p.fs_uuid.clone(), at: None, fs: "swap".into(), options: options.clone(), passno: 0 }),
+            (Some("swap"), _) => data.push(Entry { what: p.fs_uuid.clone(), spec: p.spec(), at: None, fs: "swap".into(), options: options.clone(), passno: 0 }),
             (Some(fs), Some(m)) => {
                 let passno = if fs == "ext4" { 2 } else { 0 };
-                data.push(Entry { what: p.fs_uuid.clone(), at: Some(m.clone()), fs: fs.into(), options: options.clone(), passno })
+                data.push(Entry { what: p.fs_uuid.clone(), spec: p.spec(), at: Some(m.clone()), fs: fs.into(), options: options.clone(), passno })
             }
             _ => {}
         }
         for sv in &p.subvolumes {
             data.push(Entry {
                 what: p.fs_uuid.clone(),
+                spec: p.spec(),
                 at: Some(sv.mountpoint.clone()),
                 fs: "btrfs".into(),
                 options: format!("subvol={},{options}", sv.name).trim_end_matches(",defaults").to_string(),
@@ -80,7 +85,8 @@ fn entries(plan: &Plan) -> Vec<Entry> {
 fn fstab(entries: &[Entry]) -> String {
     entries
         .iter()
-        .map(|e| format!("UUID={} {} {} {} 0 {}\n", e.what, e.at.as_deref().unwrap_or("none"), e.fs, e.options, e.passno))
+        .filter(|e| !e.spec.is_empty())
+        .map(|e| format!("{} {} {} {} 0 {}\n", e.spec, e.at.as_deref().unwrap_or("none"), e.fs, e.options, e.passno))
         .collect()
 }
 
@@ -169,5 +175,23 @@ mod tests {
         assert_eq!(escape_path("/boot/efi"), "boot-efi");
         assert_eq!(escape_path("/var/my-data"), "var-my\\x2ddata");
         assert_eq!(escape_path("/dev/disk/by-uuid/ab"), "dev-disk-by\\x2duuid-ab");
+    }
+
+    /// bootc's mount specs: /boot by the spec given, the root's `root=` left out when empty.
+    #[test]
+    fn mount_specs_name_root_and_boot() {
+        let part = |role, uuid: &str, spec: Option<&str>| super::super::Partition {
+            role,
+            filesystem: Some("ext4".into()),
+            fs_uuid: uuid.into(),
+            mount_spec: spec.map(String::from),
+            ..Default::default()
+        };
+        let mut plan = Plan { size: 0, disk_guid: String::new(), partitions: vec![part(Role::Root, "r", None), part(Role::Boot, "b", None)], mounts: MountScheme::Fstab, sector_4k: false, grow_root: false };
+        assert_eq!(super::super::kargs(&plan), ["root=UUID=r", "rw", "boot=UUID=b"]);
+        assert_eq!(fstab(&entries(&plan)), "UUID=b /boot ext4 defaults 0 2\n");
+        plan.partitions = vec![part(Role::Root, "r", Some("")), part(Role::Boot, "b", Some("LABEL=boot"))];
+        assert_eq!(super::super::kargs(&plan), ["rw", "boot=LABEL=boot"]);
+        assert_eq!(fstab(&entries(&plan)), "LABEL=boot /boot ext4 defaults 0 2\n");
     }
 }

@@ -105,6 +105,7 @@ impl Sysroot {
             mountpoint: None,
             options: None,
             subvolumes: Vec::new(),
+            mount_spec: None,
         };
         let mut s = Sysroot::empty(workdir.join("root"), "ext4".into());
         let dev = LoopDevice::attach(scratch.file(), "kiln staging file", staging.offset, staging.size)?;

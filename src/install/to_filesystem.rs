@@ -61,9 +61,11 @@ pub fn to_filesystem(args: &ToFilesystemArgs, progress: &Progress) -> Result<()>
     }
     let alongside = args.replace == Some(Replace::Alongside);
 
-    let mut partitions = vec![found_partition(Role::Root, root_mount)?];
-    if let Some(b) = boot_mount {
-        partitions.push(found_partition(Role::Boot, b)?);
+    let mut partitions = vec![Partition { mount_spec: args.root_mount_spec.clone(), ..found_partition(Role::Root, root_mount)? }];
+    match (boot_mount, &args.boot_mount_spec) {
+        (Some(b), spec) => partitions.push(Partition { mount_spec: spec.clone(), ..found_partition(Role::Boot, b)? }),
+        (None, Some(_)) => bail!("--boot-mount-spec is for a separate /boot, but nothing is mounted at {}/boot", root.display()),
+        (None, None) => {}
     }
     // The ESP: mounted (as bootupd looks for it), else the partition on root's disk.
     let esp_mount = ["boot/efi", "efi", "boot"].iter().map(|d| root.join(d)).find_map(|d| mounts.at(&d).filter(|m| m.fstype == "vfat"));
@@ -212,6 +214,7 @@ fn partition(role: Role, fs: &str, fs_uuid: String) -> Partition {
         mountpoint: None,
         options: None,
         subvolumes: Vec::new(),
+        mount_spec: None,
     }
 }
 
