@@ -160,6 +160,11 @@ impl LayerMerge {
         LayerMerge { own: empty_root(), put: Put::default() }
     }
 
+    /// Applies changes kept back while a lower layer was merging, in their order.
+    pub fn changes(&mut self, merger: &mut Merger, changes: impl IntoIterator<Item = Change>, what: &str) -> Result<()> {
+        changes.into_iter().try_for_each(|c| self.change(merger, c, what))
+    }
+
     /// Applies one change to `merger`'s tree; `what` names the layer in errors.
     pub fn change(&mut self, merger: &mut Merger, change: Change, what: &str) -> Result<()> {
         let at = |p: &Components| format!("{what}: entry {:?}", display(p));

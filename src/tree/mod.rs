@@ -155,6 +155,12 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
         !failed.load(Ordering::SeqCst)
     };
     let stopped = || anyhow::Error::new(Stopped);
+    // Layer `i` is merged: its own tree and summary are kept.
+    let merged_layer = |i: usize, layer: merge::LayerMerge, summary: layer::LayerSummary| {
+        layers.lock().unwrap()[i] = Some(layer.finish());
+        skipped.lock().unwrap().extend(summary.skipped);
+        content_bytes.fetch_add(summary.content_bytes, Ordering::SeqCst);
+    };
 
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -184,10 +190,8 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                                 return Err(stopped());
                             }
                             let m = merging.insert(merger.lock().unwrap_or_else(|e| e.into_inner()));
-                            for c in waiting.drain(..) {
-                                layer.change(m, c, &what)?;
-                            }
-                            waiting = Vec::new();
+                            // Taken whole: its capacity goes with it.
+                            layer.changes(m, std::mem::take(&mut waiting), &what)?;
                         }
                         layer.change(merging.as_mut().unwrap(), change, &what)
                     };
@@ -207,14 +211,10 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                             return Err(stopped());
                         }
                         let m = merging.insert(merger.lock().unwrap_or_else(|e| e.into_inner()));
-                        for c in waiting.drain(..) {
-                            layer.change(m, c, &what)?;
-                        }
+                        layer.changes(m, std::mem::take(&mut waiting), &what)?;
                     }
                     drop(merging);
-                    layers.lock().unwrap()[i] = Some(layer.finish());
-                    skipped.lock().unwrap().extend(summary.skipped);
-                    content_bytes.fetch_add(summary.content_bytes, Ordering::SeqCst);
+                    merged_layer(i, layer, summary);
                     Ok(true)
                 };
                 // A reader that panics must still answer, or the readers above wait forever.
@@ -228,17 +228,14 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
                         // The layers above that were read whole meanwhile.
                         while *t < count && !failed.load(Ordering::SeqCst) {
                             let Some(p) = parked.lock().unwrap()[*t].take() else { break };
-                            let mut m = merger.lock().unwrap_or_else(|e| e.into_inner());
                             let mut layer = p.layer;
-                            let applied = p.changes.into_iter().try_for_each(|c| layer.change(&mut m, c, &p.what));
+                            let applied = layer.changes(&mut merger.lock().unwrap_or_else(|e| e.into_inner()), p.changes, &p.what);
                             if let Err(e) = applied {
                                 failed.store(true, Ordering::SeqCst);
                                 errors.lock().unwrap().push((*t, e));
                                 break;
                             }
-                            layers.lock().unwrap()[*t] = Some(layer.finish());
-                            skipped.lock().unwrap().extend(p.summary.skipped);
-                            content_bytes.fetch_add(p.summary.content_bytes, Ordering::SeqCst);
+                            merged_layer(*t, layer, p.summary);
                             *t += 1;
                         }
                     }
