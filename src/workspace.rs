@@ -59,14 +59,7 @@ impl RunDir {
     pub fn create(progress: &Progress) -> Result<RunDir> {
         let base = runtime_dir();
         std::fs::create_dir_all(&base).with_context(|| format!("cannot create kiln's runtime directory {}", base.display()))?;
-        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Some(_held) = lock_if_abandoned(&path) {
-                    remove_abandoned_dir(&path, progress);
-                }
-            }
-        }
+        remove_dead_runs(&base, progress);
         let path = base.join(std::process::id().to_string());
         for _ in 0..8 {
             match std::fs::create_dir(&path) {
@@ -81,7 +74,12 @@ impl RunDir {
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
             }
-            let dir = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let dir = match File::open(&path) {
+                Ok(dir) => dir,
+                // Swept by a kiln that took this pid's earlier owner for dead: make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+            };
             lock(&dir, true)?;
             // Another run's sweep may have taken it between its creation and the lock.
             if same_file(&dir, &path) {
@@ -105,6 +103,31 @@ impl Drop for RunDir {
         }
         let _ = std::fs::remove_dir(&self.path);
     }
+}
+
+/// Removes the run directories under `base` of kilns that died.
+fn remove_dead_runs(base: &Path, progress: &Progress) {
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let path = entry.path();
+        // A live kiln's directory is skipped even before it is locked: the window between
+        // its creation and its lock is where a sweep would otherwise take it.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && !named_for_a_live_process(&entry.file_name()) {
+            if let Some(_held) = lock_if_abandoned(&path) {
+                remove_abandoned_dir(&path, progress);
+            }
+        }
+    }
+}
+
+/// Whether a run directory's name is the pid of a running process (ours excluded: a dead
+/// kiln that had our pid left it).
+fn named_for_a_live_process(name: &std::ffi::OsStr) -> bool {
+    let Some(pid) = name.to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) else { return false };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // Signal 0 only checks: EPERM still means the process exists.
+    unsafe { libc::kill(pid, 0) == 0 } || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// `$KILN_RUNTIME_DIR`, else `/run/kiln` for root, else `$XDG_RUNTIME_DIR/kiln`, else the
@@ -210,6 +233,28 @@ fn lock_holder(file: &File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run directory whose kiln is alive but has not locked it yet (just made) is left;
+    /// one whose kiln is gone is removed.
+    #[test]
+    fn only_dead_kilns_run_directories_are_swept() {
+        let base = std::env::temp_dir().join(format!("kiln-rundir-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mut live = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        dead.wait().unwrap();
+        for pid in [live.id(), dead.id()] {
+            std::fs::create_dir_all(base.join(pid.to_string()).join("sysroot")).unwrap();
+        }
+        remove_dead_runs(&base, &Progress::quiet());
+        let live_kept = base.join(live.id().to_string()).exists();
+        let dead_kept = base.join(dead.id().to_string()).exists();
+        live.kill().unwrap();
+        live.wait().unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert!(live_kept, "a live kiln's unlocked run directory was swept");
+        assert!(!dead_kept, "a dead kiln's run directory was left");
+    }
 
     #[test]
     fn mount_paths_are_unescaped() {
