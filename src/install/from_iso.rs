@@ -6,6 +6,7 @@
 //! Not done yet: mounting the medium, choosing the target and running `install to-disk` on it.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -27,7 +28,7 @@ pub fn run(progress: &Progress) -> Result<()> {
         .map(str::to_string)
         .unwrap_or_else(|| settings.medium_id.clone());
     progress.info(&format!("kiln installer: looking for the medium {wanted}"));
-    let medium = find_medium(&wanted)?;
+    let medium = find_medium(&wanted, progress)?;
     progress.info(&format!("kiln installer: the medium is {}", medium.display()));
     match &settings.target {
         Some(t) => bail!("installing onto {t} from the ISO is not implemented yet"),
@@ -35,19 +36,34 @@ pub fn run(progress: &Progress) -> Result<()> {
     }
 }
 
-/// The block device holding the ISO whose volume set id is `id`.
-fn find_medium(id: &str) -> Result<PathBuf> {
-    let mut seen = Vec::new();
-    for entry in std::fs::read_dir("/sys/class/block").context("cannot list /sys/class/block")? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let dev = PathBuf::from("/dev").join(&name);
-        if volume_set_id(&dev).as_deref() == Some(id) {
-            return Ok(dev);
+/// How long the installer waits for its medium: the drivers of CD drives and USB sticks are
+/// loaded by udev while the installer starts, and a slow machine takes a while.
+const MEDIUM_WAIT: Duration = Duration::from_secs(300);
+
+/// The block device holding the ISO whose volume set id is `id`, once it has appeared.
+fn find_medium(id: &str, progress: &Progress) -> Result<PathBuf> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir("/sys/class/block").context("cannot list /sys/class/block")? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let dev = PathBuf::from("/dev").join(&name);
+            if volume_set_id(&dev).as_deref() == Some(id) {
+                return Ok(dev);
+            }
+            seen.push(name);
         }
-        seen.push(name);
+        if started.elapsed() > MEDIUM_WAIT {
+            seen.sort();
+            bail!("no block device holds the ISO {id} after {}s (looked at: {}); is the medium still attached?", MEDIUM_WAIT.as_secs(), seen.join(", "));
+        }
+        if !told {
+            progress.info("kiln installer: waiting for the medium's drive to appear");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
-    seen.sort();
-    bail!("no block device holds the ISO {id} (looked at: {}); is the medium still attached?", seen.join(", "))
 }
 
 /// The ISO 9660 volume set id on `dev`, when it holds a primary volume descriptor.
