@@ -1,7 +1,8 @@
 //! `kiln bake --type iso` (the installer ISO) against independent readers: xorriso's El
 //! Torito and system-area reports, isoinfo, osirrox extracting the tree, skopeo copying the
 //! same image (the payload must hold the same manifest and blobs), mtools reading the ESP,
-//! GNU cpio listing kiln.img; bad input; and one UEFI CD boot into the installer.
+//! GNU cpio listing kiln.img; bad input; and an unattended install from the ISO as a CD under
+//! UEFI, the installed disk then booting with every probe check.
 
 mod common;
 
@@ -106,7 +107,7 @@ fn iso_is_reproducible_and_carries_the_image_as_published() {
 
     // kiln.img, as GNU cpio reads it: the settings, the units, kiln with its loader.
     let listed = run(Command::new("sh").arg("-c").arg(format!("cpio -it --quiet < {}", tree.join("boot/kiln.img").display())));
-    for want in ["etc/kiln/iso.toml", "etc/systemd/system/kiln-install.target", "etc/systemd/system/kiln-install.service", "usr/lib/kiln/kiln", "usr/lib/kiln/ld.so", "usr/lib/kiln/libc.so.6"] {
+    for want in ["etc/kiln/iso.toml", "etc/systemd/system/kiln-install.target", "etc/systemd/system/kiln-install.service", "usr/lib/kiln/kiln", "usr/lib/kiln/ld.so", "usr/lib/kiln/libc.so.6", "usr/sbin/mke2fs", "usr/sbin/mkfs.ext4", "usr/sbin/mkfs.xfs", "usr/lib/x86_64-linux-gnu/libext2fs.so.2"] {
         assert!(listed.lines().any(|l| l == want), "kiln.img lacks {want}:\n{listed}");
     }
     let unpacked = s.path().join("kiln-img");
@@ -179,16 +180,28 @@ fn iso_refuses_images_it_cannot_make_an_installer_of() {
     bake_fails(&s, &image, &["--type", "iso"], &["initramfs.img cannot host kiln's installer", "no /usr/lib/systemd/systemd"]);
 }
 
-/// The ISO as a CD under UEFI (OVMF), an empty disk first in the boot order: the image's shim,
-/// GRUB, kernel and initramfs start kiln's target, and its service finds the medium.
+/// The unattended ISO (`--iso-target-disk auto`) as a CD under UEFI, an empty disk first in the
+/// boot order: the installer installs onto that disk and powers off; the disk then boots alone,
+/// with the variable store the install wrote, and every probe check passes.
 #[test]
-fn iso_boots_from_cd_under_uefi_into_the_installer() {
-    let s = Scratch::new("installer-iso-boot");
-    let iso = bake_iso(s.path(), "out", &[]);
+fn iso_installs_unattended_from_cd_under_uefi() {
+    let s = Scratch::new("installer-iso-install");
+    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto"]);
     let target = s.path().join("target.raw");
     fs::File::create(&target).unwrap().set_len(8 << 30).unwrap();
-    let mut boot = Boot::new(&target, Firmware::Uefi, "installer-iso-cd");
-    boot.cdrom = Some(iso);
-    let tail = boot.until_console("kiln installer: the medium is /dev/sr0").unwrap_or_else(|e| panic!("{e}"));
+    let vars = s.path().join("OVMF_VARS.fd");
+    let mut installer = Boot::new(&target, Firmware::Uefi, "installer-iso-install");
+    installer.cdrom = Some(iso);
+    installer.image_writable = true;
+    installer.memory_mib = 2048;
+    installer.timeout = installer.timeout.max(std::time::Duration::from_secs(2400));
+    installer.vars = Some(vars.clone());
+    let tail = installer.until_console("kiln installer: installed onto /dev/vda; powering off").unwrap_or_else(|e| panic!("{e}"));
     println!("{tail}");
+
+    let mut installed = Boot::new(&target, Firmware::Uefi, "installer-iso-installed");
+    installed.vars = Some(vars);
+    let report = installed.run().unwrap_or_else(|e| panic!("{e}"));
+    println!("the installed disk:\n{report}");
+    report.assert_outcome(&[]);
 }

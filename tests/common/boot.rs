@@ -173,6 +173,9 @@ pub struct Boot<'a> {
     /// An ISO attached as an IDE CD, booted after the image (the image gets boot index 1,
     /// the CD 2: an empty image falls through to the CD).
     pub cdrom: Option<PathBuf>,
+    /// The guest's writes to the image go into it (an installer's target), rather than being
+    /// dropped.
+    pub image_writable: bool,
 }
 
 impl<'a> Boot<'a> {
@@ -185,7 +188,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None, cdrom: None }
+        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None, cdrom: None, image_writable: false }
     }
 
     /// An aarch64 disk (UEFI, on `virt`).
@@ -248,9 +251,10 @@ impl<'a> Boot<'a> {
             .args(["-nographic", "-monitor", "none", "-nic", "none"])
             .arg("-drive")
             .arg(format!(
-                "file={},format={},if=none,id=disk0,snapshot=on",
+                "file={},format={},if=none,id=disk0{}",
                 self.image.display(),
-                format_of(self.image)
+                format_of(self.image),
+                if self.image_writable { "" } else { ",snapshot=on" }
             ))
             .arg("-device")
             .arg(match self.logical_block_size {

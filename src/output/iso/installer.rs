@@ -50,6 +50,18 @@ const TARGET_UNIT: &str = "kiln-install.target";
 const SERVICE_UNIT: &str = "kiln-install.service";
 /// What an initramfs needs to host the installer: systemd, which starts kiln's target.
 const INITRAMFS_SYSTEMD: &str = "usr/lib/systemd/systemd";
+/// The image's tools `install to-disk` runs (an initramfs has none of them), by their path in
+/// the image and the names kiln calls them by; they go into kiln.img with their libraries.
+const IMAGE_TOOLS: &[(&str, &[&str])] = &[
+    ("usr/sbin/mke2fs", &["mke2fs", "mkfs.ext4"]),
+    ("usr/sbin/tune2fs", &["tune2fs"]),
+    ("usr/sbin/debugfs", &["debugfs"]),
+    ("usr/sbin/mkfs.xfs", &["mkfs.xfs"]),
+    ("usr/sbin/mkfs.btrfs", &["mkfs.btrfs"]),
+    ("usr/bin/btrfs", &["btrfs"]),
+];
+/// Where the image's (x86_64) libraries are, in the loader's search order.
+const LIB_DIRS: &[&str] = &["usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib"];
 /// The image architectures kiln makes installer ISOs for so far (OCI naming).
 const ISO_ARCHES: &[&str] = &["amd64"];
 /// GRUB modules of the BIOS El Torito core: enough to find this volume by its label and read
@@ -107,7 +119,7 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
 
     let settings = IsoSettings { target: args.iso_target_disk.clone(), kargs: args.kargs.clone(), filesystem: args.rootfs.clone(), medium_id: medium_id.clone() };
     let kiln_img = run_dir.join("kiln.img");
-    write_kiln_img(&kiln_img, &settings, unix_time)?;
+    write_kiln_img(&kiln_img, &settings, &image_root, unix_time)?;
 
     let mut files = vec![
         IsoFile { path: "boot/grub/grub.cfg".into(), content: Content::Bytes(menu_config(&menu_title(&image, &root), &medium_id).into_bytes()) },
@@ -166,7 +178,10 @@ fn extract_boot_files(image: &Image, root: &Path, progress: &Progress) -> Result
 fn wanted(path: &str) -> bool {
     const PREFIXES: &[&str] = &["usr/lib/efi/", "usr/lib/bootupd/updates/", "usr/lib/grub/", "usr/lib/shim/", "usr/lib/os-release", "etc/os-release"];
     let kernel_file = path.strip_prefix("usr/lib/modules/").is_some_and(|rest| matches!(rest.split_once('/'), Some((_, "vmlinuz" | "initramfs.img"))));
-    kernel_file || PREFIXES.iter().any(|p| path.starts_with(p))
+    let tool = IMAGE_TOOLS.iter().any(|(p, _)| *p == path);
+    // The libraries the tools may need (one directory level: not the whole of /usr/lib).
+    let library = LIB_DIRS.iter().any(|d| path.strip_prefix(d).and_then(|r| r.strip_prefix('/')).is_some_and(|name| !name.contains('/') && name.contains(".so")));
+    kernel_file || tool || library || PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
 /// Keeps the wanted files' content as numbered objects; the rest is read and dropped.
@@ -359,11 +374,22 @@ fn write_esp(path: &Path, efi: &bootloader::RemovableEfi, config: &str, ids: &Id
 }
 
 /// `kiln.img`: the settings, the units and kiln with the libraries and loader it runs with.
-fn write_kiln_img(path: &Path, settings: &IsoSettings, unix_time: i64) -> Result<()> {
+fn write_kiln_img(path: &Path, settings: &IsoSettings, image: &ImageRoot, unix_time: i64) -> Result<()> {
     let out = std::io::BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
     let mut cpio = CpioWriter::new(out, unix_time.clamp(0, u32::MAX as i64) as u32);
-    for dir in ["etc", "etc/kiln", "etc/systemd", "etc/systemd/system", "usr", "usr/lib", BUNDLE_DIR] {
-        cpio.dir(dir, 0o755)?;
+    let tools = image_tools(image)?;
+    let mut dirs = BTreeSet::new();
+    let bundle = format!("{BUNDLE_DIR}/x");
+    let files = ["etc/kiln/x", "etc/systemd/system/x", &bundle].into_iter().map(String::from).chain(tools.iter().map(|(p, _)| p.clone()));
+    // Every file's directories, parents first.
+    for file in files.collect::<Vec<_>>() {
+        let parts: Vec<&str> = file.split('/').collect();
+        for i in 1..parts.len() {
+            let dir = parts[..i].join("/");
+            if dirs.insert(dir.clone()) {
+                cpio.dir(&dir, 0o755)?;
+            }
+        }
     }
     let text = |cpio: &mut CpioWriter<_>, name: &str, body: &str| cpio.file(name, 0o644, body.len() as u64, &mut body.as_bytes());
     text(&mut cpio, SETTINGS_PATH, &toml::to_string(settings)?)?;
@@ -373,6 +399,16 @@ fn write_kiln_img(path: &Path, settings: &IsoSettings, unix_time: i64) -> Result
         let mut f = File::open(&host).with_context(|| format!("cannot open {}", host.display()))?;
         let size = f.metadata()?.len();
         cpio.file(&format!("{BUNDLE_DIR}/{name}"), 0o755, size, &mut f)?;
+    }
+    for (path, source) in &tools {
+        match source {
+            ToolFile::Image(host) => {
+                let mut f = File::open(host).with_context(|| format!("cannot open {}", host.display()))?;
+                let size = f.metadata()?.len();
+                cpio.file(path, 0o755, size, &mut f)?;
+            }
+            ToolFile::Link(target) => cpio.symlink(path, target)?,
+        }
     }
     let (mut out, _) = cpio.finish()?;
     out.flush()?;
@@ -387,7 +423,9 @@ fn target_unit() -> String {
 
 fn service_unit() -> String {
     format!(
-        "[Unit]\nDescription=kiln: install the image from this medium\nAfter=basic.target systemd-udev-trigger.service systemd-udev-settle.service\nDefaultDependencies=no\n\n\
+        "[Unit]\nDescription=kiln: install the image from this medium\nAfter=basic.target systemd-udev-trigger.service systemd-udev-settle.service\nDefaultDependencies=no\n\
+         # The machine powers off once the system is installed; a failure stays on screen.\n\
+         SuccessAction=poweroff\n\n\
          [Service]\nType=oneshot\nStandardOutput=journal+console\nStandardError=journal+console\n\
          ExecStart=/{BUNDLE_DIR}/{LOADER} --library-path /{BUNDLE_DIR} /{BUNDLE_DIR}/kiln install from-iso\n"
     )
@@ -418,24 +456,87 @@ fn kiln_bundle() -> Result<Vec<(String, PathBuf)>> {
     Ok(bundle)
 }
 
+/// Where a tool's file in kiln.img comes from.
+enum ToolFile {
+    Image(PathBuf),
+    Link(String),
+}
+
+/// The image's tools (those it has) under the names kiln calls them by, and the libraries
+/// they need, found as the loader would in the image: (path in kiln.img, source). The
+/// libraries go where the image has them, beside the initramfs's own (the same image's, so
+/// the same builds).
+fn image_tools(image: &ImageRoot) -> Result<Vec<(String, ToolFile)>> {
+    let mut out = Vec::new();
+    let mut libs = BTreeSet::new();
+    let mut pending = Vec::new();
+    for (path, names) in IMAGE_TOOLS {
+        let Some(host) = image.resolve(path)? else { continue };
+        let dir = path.rsplit_once('/').unwrap().0;
+        for (i, name) in names.iter().enumerate() {
+            let dest = format!("{dir}/{name}");
+            out.push((dest, if i == 0 { ToolFile::Image(host.clone()) } else { ToolFile::Link(names[0].to_string()) }));
+        }
+        pending.extend(Elf::read(&host)?.needed);
+    }
+    while let Some(soname) = pending.pop() {
+        if !libs.insert(soname.clone()) {
+            continue;
+        }
+        let found = LIB_DIRS.iter().map(|d| format!("{d}/{soname}")).find_map(|p| image.resolve(&p).ok().flatten().map(|h| (p, h)));
+        let (path, host) = found.with_context(|| format!("the image's tools need {soname}, which is in none of /{}", LIB_DIRS.join(", /")))?;
+        pending.extend(Elf::read(&host)?.needed);
+        out.push((path, ToolFile::Image(host)));
+    }
+    Ok(out)
+}
+
+/// What kiln reads of an ELF file (64-bit little-endian): its loader and the libraries it
+/// names (`DT_NEEDED`).
+struct Elf {
+    interpreter: Option<PathBuf>,
+    needed: Vec<String>,
+}
+
+impl Elf {
+    fn read(path: &Path) -> Result<Elf> {
+        let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Elf::parse(&data).with_context(|| format!("{} is not an ELF file kiln can read (64-bit little-endian)", path.display()))
+    }
+
+    fn parse(data: &[u8]) -> Option<Elf> {
+        let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
+        let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
+        let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
+        let c_str = |o: usize| data.get(o..).map(|b| String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default()).into_owned());
+        if data.get(..6)? != b"\x7fELF\x02\x01" {
+            return None;
+        }
+        let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)? as usize, u16_at(0x38)? as usize);
+        // (type, file offset, virtual address, size in the file)
+        let headers: Vec<(u32, u64, u64, u64)> =
+            (0..phnum).map(|i| phoff + i * phentsize).map(|ph| Some((u32_at(ph)?, u64_at(ph + 8)?, u64_at(ph + 16)?, u64_at(ph + 32)?))).collect::<Option<_>>()?;
+        let interpreter = headers.iter().find(|h| h.0 == 3).and_then(|h| c_str(h.1 as usize)).map(PathBuf::from);
+        let mut needed = Vec::new();
+        if let Some(&(_, offset, _, size)) = headers.iter().find(|h| h.0 == 2) {
+            let entries: Vec<(u64, u64)> = (0..size as usize / 16).map(|i| Some((u64_at(offset as usize + i * 16)?, u64_at(offset as usize + i * 16 + 8)?))).collect::<Option<_>>()?;
+            let strtab = entries.iter().find(|e| e.0 == 5)?.1;
+            // The string table's address, as a file offset through the segment loading it.
+            let load = headers.iter().find(|h| h.0 == 1 && h.2 <= strtab && strtab < h.2 + h.3)?;
+            let strtab = (strtab - load.2 + load.1) as usize;
+            for &(tag, value) in entries.iter().take_while(|e| e.0 != 0) {
+                if tag == 1 {
+                    needed.push(c_str(strtab + value as usize)?);
+                }
+            }
+        }
+        Some(Elf { interpreter, needed })
+    }
+}
+
 /// An ELF file's `PT_INTERP` (its dynamic loader), `None` for a static one.
 fn elf_interpreter(path: &Path) -> Result<Option<PathBuf>> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
-    ensure!(data.len() > 64 && &data[..4] == b"\x7fELF" && data[4] == 2 && data[5] == 1, "{} is not a 64-bit little-endian ELF file", path.display());
-    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38) as usize);
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        ensure!(ph + 56 <= data.len(), "{}: program headers past its end", path.display());
-        if u32::from_le_bytes(data[ph..ph + 4].try_into().unwrap()) == 3 {
-            let (offset, size) = (u64_at(ph + 8) as usize, u64_at(ph + 32) as usize);
-            let bytes = data.get(offset..offset + size).with_context(|| format!("{}: PT_INTERP past its end", path.display()))?;
-            let name = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
-            return Ok(Some(PathBuf::from(name)));
-        }
-    }
-    Ok(None)
+    Ok(Elf::read(path)?.interpreter)
 }
 
 /// The payload: the image as an OCI layout with its manifest, config and layer blobs as
