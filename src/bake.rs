@@ -88,17 +88,29 @@ pub fn run(args: &BakeArgs, progress: &Progress) -> Result<()> {
             bail!("{} already exists: remove it or pass --force to replace it", path.display());
         }
     }
+    let run_dir = RunDir::create(progress)?;
+    let mut written = Vec::new();
+    // The installer ISO is made from the image, not from a disk: when it is all that was
+    // asked for, no disk is made.
+    if formats.contains(&Format::Iso) {
+        let dest = Format::Iso.path_in(&args.output);
+        let out = PendingFile::create_for(&dest)?;
+        let result = output::iso::installer::bake(args, out.file(), run_dir.path(), progress);
+        interrupt::check().and(result).with_context(|| format!("making {}", dest.display()))?;
+        written.push((out, dest));
+        if formats.len() == 1 && uploads.is_empty() {
+            return output::name_all(written, progress);
+        }
+    }
     // The raw disk has no name until the end (none at all unless it was asked for); one
     // raw build feeds every format and the upload.
     let raw_dest = Format::Raw.path_in(&args.output);
     let raw = PendingFile::create_for(&raw_dest)?;
-    let run_dir = RunDir::create(progress)?;
     let disk = Disk::image(raw.file().try_clone()?, raw_dest.display().to_string());
     let result = write_disk(args, &inputs, &disk, run_dir.path(), progress);
     let baked = interrupt::check().and(result)?;
     let raw_disk = RawDisk::from_file(raw.file().try_clone()?, &raw_dest)?;
-    let mut written = Vec::new();
-    for (format, path) in outputs.iter().filter(|(f, _)| *f != Format::Raw) {
+    for (format, path) in outputs.iter().filter(|(f, _)| !matches!(f, Format::Raw | Format::Iso)) {
         interrupt::check()?;
         match (format, &baked.system.asahi) {
             // The package's name comes from the image: known only now.
@@ -477,7 +489,7 @@ fn password_day(image: &Image, seeded: bool) -> Option<i64> {
 }
 
 /// Days since 1970-01-01 of an RFC 3339 date (`2025-05-20T…`).
-fn days_from_date(s: &str) -> Option<i64> {
+pub(crate) fn days_from_date(s: &str) -> Option<i64> {
     let (y, m, d): (i64, i64, i64) = (s.get(0..4)?.parse().ok()?, s.get(5..7)?.parse().ok()?, s.get(8..10)?.parse().ok()?);
     // Howard Hinnant's days_from_civil.
     let y = if m <= 2 { y - 1 } else { y };

@@ -53,8 +53,9 @@ pub struct BakeArgs {
     /// The image: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REF,
     /// containers-storage:REF, or a bare registry reference.
     pub image: String,
-    /// Output types, repeatable or comma-separated: raw, qcow2, vmdk, vhd, gce, ova, ami (an
-    /// AMI registered in AWS; see the --aws-… options).
+    /// Output types, repeatable or comma-separated: raw, qcow2, vmdk, vhd, gce, ova, iso (an
+    /// installer ISO; see the --iso-… options), ami (an AMI registered in AWS; see the
+    /// --aws-… options).
     #[arg(long = "type", value_delimiter = ',', default_value = "qcow2")]
     pub types: Vec<String>,
     /// Directory the outputs are written under.
@@ -95,6 +96,11 @@ pub struct BakeArgs {
     /// (bootc's option of the same name).
     #[arg(long)]
     pub disable_selinux: bool,
+    /// `--type iso`: the disk the installer installs to (a path such as /dev/vda, or `auto`:
+    /// the only fixed disk large enough that is not the ISO); default: it lists the disks and
+    /// stops.
+    #[arg(long, value_name = "auto|DEVICE")]
+    pub iso_target_disk: Option<String>,
     /// `install to-disk --root-size`: the root partition's size, the rest of the disk left
     /// unallocated (a bake sizes its disk instead).
     #[arg(skip)]
@@ -270,6 +276,10 @@ pub enum InstallCommand {
     /// Install onto mounted filesystems: ROOT, a separate /boot at ROOT/boot if mounted there,
     /// the ESP mounted at ROOT/boot/efi or else the ESP partition of ROOT's disk.
     ToFilesystem(ToFilesystemArgs),
+    /// The installer ISO's job (run by its kiln-install.service): find the medium, install
+    /// its payload onto the disk its settings name, power off.
+    #[command(hide = true)]
+    FromIso,
 }
 
 /// `kiln install to-filesystem`, with bootc's semantics.
@@ -414,6 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bake(args) => crate::bake::run(&args, &progress),
         Command::Install(InstallCommand::ToDisk(args)) => crate::install::to_disk(&args, &progress),
         Command::Install(InstallCommand::ToFilesystem(args)) => crate::install::to_filesystem::to_filesystem(&args, &progress),
+        Command::Install(InstallCommand::FromIso) => crate::install::from_iso::run(&progress),
         Command::Image(ImageCommand::Inspect { image, json, source }) => {
             let report = inspect::inspect(&image, &source.open_options(), &progress)?;
             if json {

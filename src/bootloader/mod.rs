@@ -304,3 +304,31 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(data).with_context(|| format!("writing {}", path.display()))
 }
+
+/// The image's signed UEFI boot chain, for a removable medium (the installer ISO's ESP):
+/// shim, the GRUB it loads and MokManager, found as the disk's ESP finds them.
+pub struct RemovableEfi {
+    /// The directory GRUB looks for its config in (`EFI/<vendor>`).
+    pub vendor: String,
+    pub shim: Vec<u8>,
+    pub grub: Vec<u8>,
+    pub mok_manager: Option<Vec<u8>>,
+}
+
+/// MokManager's name beside shim (shim loads it by this name from its own directory).
+const MOK_MANAGER: &str = "mmx64.efi";
+
+pub fn removable_efi(platform: &BootloaderPlatform, image_root: &Path) -> Result<RemovableEfi> {
+    let image = ImageRoot::new(image_root);
+    let uefi = platform.uefi.as_ref().context("the platform has no [bootloader.uefi]")?;
+    let content = esp::locate(&image, platform, uefi)?;
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        match content.files.get(&format!("{}/{name}", content.vendor)) {
+            Some(f) => Ok(Some(image.read(&f.image_path)?)),
+            None => Ok(None),
+        }
+    };
+    let shim = read(&uefi.shim)?.with_context(|| format!("the image has no EFI/{}/{} (shim): an installer ISO boots through the image's shim", content.vendor, uefi.shim))?;
+    let grub = read(&uefi.grub)?.with_context(|| format!("the image has no EFI/{}/{}", content.vendor, uefi.grub))?;
+    Ok(RemovableEfi { mok_manager: read(MOK_MANAGER)?, vendor: content.vendor, shim, grub })
+}

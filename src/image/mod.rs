@@ -228,6 +228,20 @@ impl Image {
         Ok(Box::new(blob::pipelined(stream)))
     }
 
+    /// A blob as it was published: its local file when it is one whole file (an OCI
+    /// directory's, the registry cache's), so it can be copied without reading it twice.
+    pub fn blob_file(&self, d: &Descriptor) -> Option<PathBuf> {
+        let (path, offset) = self.transport.blob_location(d)?;
+        (offset == 0 && std::fs::metadata(&path).ok()?.len() == d.size).then_some(path)
+    }
+
+    /// A blob's bytes as published (not decompressed), checked against its digest as read.
+    pub fn raw_blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>> {
+        let what = format!("{}: blob {}", self.describe(), d.digest);
+        let raw = self.transport.blob(d).with_context(|| what.clone())?;
+        Ok(Box::new(blob::Verified::new(raw, &d.digest, Some(d.size), what)))
+    }
+
     /// The size of layer `i`'s uncompressed tar, if known without decompressing it: an
     /// uncompressed layer's own size, or a gzip layer's trailer (its size modulo 4 GiB, trusted
     /// only when it is larger than the compressed size: a multi-member stream's last trailer

@@ -5,6 +5,7 @@
 //! and no boot code (`--preserve-on-error` keeps what was written, for a look at it).
 
 pub mod checks;
+pub mod from_iso;
 pub mod nvram;
 pub mod to_filesystem;
 

@@ -36,6 +36,8 @@ pub enum Format {
     Ova,
     /// The Asahi installer's package: made by the bake (it needs the image), see [`asahi`].
     Asahi,
+    /// The installer ISO: made from the image (it carries it), see [`iso::installer`].
+    Iso,
 }
 
 /// `--type` names (bootc-image-builder's where it has them) and where each output goes.
@@ -47,6 +49,7 @@ const FORMATS: &[(Format, &[&str], &str)] = &[
     (Format::Gce, &["gce"], "gce/image.tar.gz"),
     (Format::Ova, &["ova"], "ova/disk.ova"),
     (Format::Asahi, &["asahi"], "asahi/installer_data.json"),
+    (Format::Iso, &["iso"], "bootiso/install.iso"),
 ];
 
 impl Format {
@@ -103,6 +106,7 @@ pub fn write(format: Format, raw: &RawDisk, out: &PendingFile, dest: &Path, ova:
         Format::Asahi => Err(anyhow::anyhow!(
             "an Asahi package is made from the image (m1n1, its device trees, U-Boot), not from a disk: use kiln bake --type asahi IMAGE"
         )),
+        Format::Iso => Err(anyhow::anyhow!("an installer ISO carries the image, not a disk: use kiln bake --type iso IMAGE")),
     };
     if let Err(e) = result {
         let full = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC)));

@@ -170,6 +170,12 @@ pub struct Boot<'a> {
     /// missing), for a test that reads what was written to it or boots again with it. By
     /// default each boot has a fresh copy, removed afterwards.
     pub vars: Option<PathBuf>,
+    /// An ISO attached as an IDE CD, booted after the image (the image gets boot index 1,
+    /// the CD 2: an empty image falls through to the CD).
+    pub cdrom: Option<PathBuf>,
+    /// The guest's writes to the image go into it (an installer's target), rather than being
+    /// dropped.
+    pub image_writable: bool,
 }
 
 impl<'a> Boot<'a> {
@@ -182,7 +188,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None }
+        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None, cdrom: None, image_writable: false }
     }
 
     /// An aarch64 disk (UEFI, on `virt`).
@@ -245,15 +251,22 @@ impl<'a> Boot<'a> {
             .args(["-nographic", "-monitor", "none", "-nic", "none"])
             .arg("-drive")
             .arg(format!(
-                "file={},format={},if=none,id=disk0,snapshot=on",
+                "file={},format={},if=none,id=disk0{}",
                 self.image.display(),
-                format_of(self.image)
+                format_of(self.image),
+                if self.image_writable { "" } else { ",snapshot=on" }
             ))
             .arg("-device")
             .arg(match self.logical_block_size {
                 Some(n) => format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
                 None => "virtio-blk-pci,drive=disk0".to_string(),
-            });
+            } + if self.cdrom.is_some() { ",bootindex=1" } else { "" });
+        if let Some(iso) = &self.cdrom {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=none,id=cd0,readonly=on", iso.display()))
+                .arg("-device")
+                .arg("ide-cd,drive=cd0,bootindex=2");
+        }
         for (i, (disk, writable)) in self.extra_disks.iter().enumerate() {
             cmd.arg("-drive")
                 .arg(format!("file={},format={},if=none,id=extra{i}{}", disk.display(), format_of(disk), if *writable { "" } else { ",snapshot=on" }))

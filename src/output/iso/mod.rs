@@ -11,6 +11,7 @@
 //! `Ids` seed give the same bytes.
 
 pub mod cpio;
+pub mod installer;
 mod eltorito;
 mod names;
 mod records;

@@ -1,0 +1,207 @@
+//! `kiln bake --type iso` (the installer ISO) against independent readers: xorriso's El
+//! Torito and system-area reports, isoinfo, osirrox extracting the tree, skopeo copying the
+//! same image (the payload must hold the same manifest and blobs), mtools reading the ESP,
+//! GNU cpio listing kiln.img; bad input; and an unattended install from the ISO as a CD under
+//! UEFI, the installed disk then booting with every probe check.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::boot::{Boot, Firmware};
+use common::{bake_fails, kiln, oci, run, test_image, Scratch};
+
+fn bake_iso(s: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let out = s.join(name);
+    let image = format!("oci:{}:latest", test_image().join("oci").display());
+    let mut args = vec!["bake", "--type", "iso", "--output", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(&image);
+    let o = kiln(&args);
+    assert!(o.status.success(), "kiln bake --type iso failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let iso = out.join("bootiso/install.iso");
+    assert!(iso.is_file(), "no {}", iso.display());
+    iso
+}
+
+fn sha(path: &Path) -> String {
+    run(Command::new("sha256sum").arg(path)).split_whitespace().next().unwrap().to_string()
+}
+
+fn xorriso(iso: &Path, report: &str) -> String {
+    let out = Command::new("xorriso").arg("-indev").arg(iso).args([report, "plain"]).output().unwrap();
+    assert!(out.status.success(), "xorriso {report}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") + "\n").collect()
+}
+
+/// Every file below `dir`, by its path relative to it, with its sha256.
+fn tree_digests(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = common::files_under(dir).iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), sha(p))).collect();
+    v.sort();
+    v
+}
+
+/// The image's file at `path` (the test image's base root filesystem).
+fn image_file(path: &str) -> PathBuf {
+    test_image().join("base").join(path)
+}
+
+fn kernel_version() -> String {
+    let dir = image_file("usr/lib/modules");
+    fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).find(|k| dir.join(k).join("vmlinuz").exists()).unwrap()
+}
+
+#[test]
+fn iso_is_reproducible_and_carries_the_image_as_published() {
+    let s = Scratch::new("installer-iso");
+    let iso = bake_iso(s.path(), "one", &["--seed", "iso-test", "--iso-target-disk", "auto"]);
+    let again = bake_iso(s.path(), "two", &["--seed", "iso-test", "--iso-target-disk", "auto"]);
+    assert_eq!(sha(&iso), sha(&again), "the same seed made different ISOs");
+
+    let el_torito = xorriso(&iso, "-report_el_torito");
+    let lines: Vec<&str> = el_torito.lines().filter(|l| l.starts_with("El Torito boot img :")).collect();
+    assert_eq!(lines.len(), 2, "{el_torito}");
+    let fields = |l: &str| l.split_once(':').unwrap().1.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(fields(lines[0])[..7], ["1", "BIOS", "y", "none", "0x0000", "0x00", "4"], "{el_torito}");
+    assert_eq!(fields(lines[1])[..4], ["2", "UEFI", "y", "none"], "{el_torito}");
+    assert!(el_torito.contains("El Torito img path : 1 /boot/grub/i386-pc/eltorito.img"), "{el_torito}");
+    assert!(el_torito.contains("El Torito img opts : 1 boot-info-table grub2-boot-info"), "{el_torito}");
+    let area = xorriso(&iso, "-report_system_area");
+    for want in ["System area summary: MBR protective-msdos-label grub2-mbr", "GPT partname local : 1 ISO9660", "GPT partname local : 2 EFI"] {
+        assert!(area.contains(want), "no {want:?} in:\n{area}");
+    }
+
+    let d = run(Command::new("isoinfo").args(["-d", "-R", "-J", "-i"]).arg(&iso));
+    for want in ["Volume id: KILN_", "Rock Ridge signatures version 1 found", "Joliet with UCS level 3 found", "El Torito VD version 1 found"] {
+        assert!(d.contains(want), "no {want:?} in isoinfo -d:\n{d}");
+    }
+    let medium_id = d.lines().find_map(|l| l.strip_prefix("Volume set id: ")).unwrap().trim().to_string();
+    assert!(medium_id.starts_with("kiln-"), "{d}");
+
+    let tree = s.path().join("tree");
+    run(Command::new("osirrox").arg("-indev").arg(&iso).args(["-extract", "/"]).arg(&tree));
+
+    // The payload: what skopeo copies from the same image, blob for blob.
+    let copy = s.path().join("skopeo-copy");
+    run(Command::new("skopeo").args(["copy", "-q", "--preserve-digests"]).arg(format!("oci:{}:latest", test_image().join("oci").display())).arg(format!("oci:{}", copy.display())));
+    let index = |dir: &Path| -> serde_json::Value { serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap() };
+    let (ours, theirs) = (index(&tree.join("kiln/image")), index(&copy));
+    assert_eq!(ours["manifests"][0]["digest"], theirs["manifests"][0]["digest"], "{ours}\n{theirs}");
+    assert_eq!(ours["manifests"][0]["size"], theirs["manifests"][0]["size"]);
+    assert_eq!(tree_digests(&tree.join("kiln/image/blobs")), tree_digests(&copy.join("blobs")), "the payload's blobs are not the image's");
+    // skopeo reads the payload as an image too.
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw"]).arg(format!("oci:{}", tree.join("kiln/image").display())));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&raw).unwrap(), serde_json::from_slice::<serde_json::Value>(&fs::read(copy.join("blobs/sha256").join(theirs["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:"))).unwrap()).unwrap());
+
+    // The image's kernel and initramfs, unchanged.
+    let kver = kernel_version();
+    assert_eq!(sha(&tree.join("boot/vmlinuz")), sha(&image_file(&format!("usr/lib/modules/{kver}/vmlinuz"))));
+    assert_eq!(sha(&tree.join("boot/initramfs.img")), sha(&image_file(&format!("usr/lib/modules/{kver}/initramfs.img"))));
+
+    let cfg = fs::read_to_string(tree.join("boot/grub/grub.cfg")).unwrap();
+    let linux = format!("linux /boot/vmlinuz rd.systemd.unit=kiln-install.target kiln.iso={medium_id} console=tty0 console=ttyS0,115200 rd.md=0 rd.lvm=0 rd.dm=0 rd.luks=0");
+    assert!(cfg.contains(&linux), "no {linux:?} in:\n{cfg}");
+    assert!(cfg.contains("initrd /boot/initramfs.img /boot/kiln.img"), "{cfg}");
+
+    // kiln.img, as GNU cpio reads it: the settings, the units, kiln with its loader.
+    let listed = run(Command::new("sh").arg("-c").arg(format!("cpio -it --quiet < {}", tree.join("boot/kiln.img").display())));
+    for want in ["etc/kiln/iso.toml", "etc/systemd/system/kiln-install.target", "etc/systemd/system/kiln-install.service", "usr/lib/kiln/kiln", "usr/lib/kiln/ld.so", "usr/lib/kiln/libc.so.6", "usr/sbin/mke2fs", "usr/sbin/mkfs.ext4", "usr/sbin/mkfs.xfs", "usr/lib/x86_64-linux-gnu/libext2fs.so.2"] {
+        assert!(listed.lines().any(|l| l == want), "kiln.img lacks {want}:\n{listed}");
+    }
+    let unpacked = s.path().join("kiln-img");
+    fs::create_dir(&unpacked).unwrap();
+    run(Command::new("sh").arg("-c").arg(format!("cd {} && cpio -id --quiet < {}", unpacked.display(), tree.join("boot/kiln.img").display())));
+    let settings = fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap();
+    assert!(settings.contains("target = \"auto\"") && settings.contains(&format!("medium_id = \"{medium_id}\"")), "{settings}");
+    assert_eq!(sha(&unpacked.join("usr/lib/kiln/kiln")), sha(Path::new(env!("CARGO_BIN_EXE_kiln"))));
+    // The bundle runs on its own: the loader finds every library in the bundle.
+    let bundle = unpacked.join("usr/lib/kiln");
+    let version = run(Command::new(bundle.join("ld.so")).arg("--library-path").arg(&bundle).arg(bundle.join("kiln")).arg("--version"));
+    assert!(version.starts_with("kiln "), "{version}");
+
+    // The ESP (GPT partition 2), as mtools reads it: shim, GRUB and MokManager; no fallback.
+    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&iso))).unwrap();
+    let esp_part = &table["partitiontable"]["partitions"][1];
+    let esp = s.path().join("esp.img");
+    run(Command::new("dd").arg(format!("if={}", iso.display())).arg(format!("of={}", esp.display())).args(["bs=512", "status=none"]).arg(format!("skip={}", esp_part["start"])).arg(format!("count={}", esp_part["size"])));
+    let dir = run(Command::new("mdir").args(["-b", "-i"]).arg(&esp).arg("::/EFI/BOOT"));
+    let mut names: Vec<&str> = dir.lines().map(|l| l.rsplit('/').next().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["BOOTX64.EFI", "grub.cfg", "grubx64.efi", "mmx64.efi"], "{dir}");
+    let shim = s.path().join("shim.efi");
+    run(Command::new("mcopy").arg("-i").arg(&esp).arg("::/EFI/BOOT/BOOTX64.EFI").arg(&shim));
+    assert_eq!(sha(&shim), sha(&image_file("usr/lib/shim/shimx64.efi.signed")));
+    let vendor_cfg = run(Command::new("mtype").arg("-i").arg(&esp).arg("::/EFI/debian/grub.cfg"));
+    assert!(vendor_cfg.contains("search --no-floppy --label --set=root KILN_"), "{vendor_cfg}");
+}
+
+/// A cpio archive (GNU cpio, newc) of `files` (path, content), made in `dir`.
+fn cpio(dir: &Path, files: &[(&str, &str)]) -> Vec<u8> {
+    let _ = fs::remove_dir_all(dir);
+    for (path, content) in files {
+        fs::create_dir_all(dir.join(path).parent().unwrap()).unwrap();
+        fs::write(dir.join(path), content).unwrap();
+    }
+    let list: String = files.iter().map(|(p, _)| format!("{p}\n")).collect();
+    let out = Command::new("sh").arg("-c").arg(format!("cd {} && printf '{list}' | cpio -o -H newc --quiet", dir.display())).output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn iso_refuses_images_it_cannot_make_an_installer_of() {
+    let s = Scratch::new("installer-iso-bad");
+    // An arm64 image: no installer ISO for it yet.
+    let arm = common::tiny_image_for(&s.path().join("arm"), "arm64", &[]);
+    bake_fails(&s, &arm, &["--type", "iso"], &["installer ISOs for amd64 images so far", "arm64"]);
+
+    // An initramfs without systemd (initramfs-tools' shape): an uncompressed early-microcode
+    // archive, then the main one, gzip'd.
+    let early = cpio(&s.path().join("early"), &[("kernel/x86/microcode/GenuineIntel.bin", "microcode")]);
+    let main = cpio(&s.path().join("main"), &[("init", "#!/bin/sh\n"), ("usr/bin/busybox", "busybox")]);
+    let gz = Command::new("sh").arg("-c").arg("gzip -c").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut gz = gz;
+    std::io::Write::write_all(gz.stdin.as_mut().unwrap(), &main).unwrap();
+    drop(gz.stdin.take());
+    let main_gz = gz.wait_with_output().unwrap().stdout;
+    let initramfs = [early, main_gz].concat();
+    let tar = oci::RawTar::default()
+        .dir("usr/")
+        .dir("usr/lib/")
+        .dir("usr/lib/modules/")
+        .dir("usr/lib/modules/6.1.0-a/")
+        .file("usr/lib/modules/6.1.0-a/vmlinuz", "kernel")
+        .entry("usr/lib/modules/6.1.0-a/initramfs.img", b'0', 0o644, "", &initramfs)
+        .finish();
+    let dir = s.path().join("no-systemd");
+    let image = oci::write_layout(&dir, &[oci::LayerBlob { tar, gzip: true }], serde_json::json!({"containers.bootc": "1"}), "amd64");
+    bake_fails(&s, &image, &["--type", "iso"], &["initramfs.img cannot host kiln's installer", "no /usr/lib/systemd/systemd"]);
+}
+
+/// The unattended ISO (`--iso-target-disk auto`) as a CD under UEFI, an empty disk first in the
+/// boot order: the installer installs onto that disk and powers off; the disk then boots alone,
+/// with the variable store the install wrote, and every probe check passes.
+#[test]
+fn iso_installs_unattended_from_cd_under_uefi() {
+    let s = Scratch::new("installer-iso-install");
+    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto"]);
+    let target = s.path().join("target.raw");
+    fs::File::create(&target).unwrap().set_len(8 << 30).unwrap();
+    let vars = s.path().join("OVMF_VARS.fd");
+    let mut installer = Boot::new(&target, Firmware::Uefi, "installer-iso-install");
+    installer.cdrom = Some(iso);
+    installer.image_writable = true;
+    installer.memory_mib = 2048;
+    installer.timeout = installer.timeout.max(std::time::Duration::from_secs(2400));
+    installer.vars = Some(vars.clone());
+    let tail = installer.until_console("kiln installer: installed onto /dev/vda; powering off").unwrap_or_else(|e| panic!("{e}"));
+    println!("{tail}");
+
+    let mut installed = Boot::new(&target, Firmware::Uefi, "installer-iso-installed");
+    installed.vars = Some(vars);
+    let report = installed.run().unwrap_or_else(|e| panic!("{e}"));
+    println!("the installed disk:\n{report}");
+    report.assert_outcome(&[]);
+}
