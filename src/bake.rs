@@ -679,7 +679,21 @@ fn write_deployment(
 /// `--target-imgref`, else the source when it names a registry image; a local source is kept
 /// as it is, with a warning.
 fn target_reference(target: Option<&str>, source: &Source, progress: &Progress) -> Result<(String, String)> {
-    let registry = match target {
+    Ok(match registry_reference(target, source)? {
+        Some(r) => (format!("ostree-unverified-registry:{r}"), format!("docker://{r}")),
+        None => {
+            progress.warn(&format!(
+                "the installed system will look for updates at {source}, a path on this machine; pass --target-imgref REGISTRY/IMAGE:TAG to update from a registry"
+            ));
+            (format!("ostree-unverified-image:{source}"), source.to_string())
+        }
+    })
+}
+
+/// The registry reference (`REGISTRY/IMAGE:TAG`) an installed system updates from:
+/// `--target-imgref`, else the image's own when it came from a registry.
+pub(crate) fn registry_reference(target: Option<&str>, source: &Source) -> Result<Option<String>> {
+    Ok(match target {
         Some(t) => {
             let t = t
                 .trim_start_matches("ostree-unverified-registry:")
@@ -692,15 +706,6 @@ fn target_reference(target: Option<&str>, source: &Source, progress: &Progress) 
             Source::Registry(_) => Some(source.to_string().trim_start_matches("docker://").to_string()),
             _ => source.registry_form(),
         },
-    };
-    Ok(match registry {
-        Some(r) => (format!("ostree-unverified-registry:{r}"), format!("docker://{r}")),
-        None => {
-            progress.warn(&format!(
-                "the installed system will look for updates at {source}, a path on this machine; pass --target-imgref REGISTRY/IMAGE:TAG to update from a registry"
-            ));
-            (format!("ostree-unverified-image:{source}"), source.to_string())
-        }
     })
 }
 

@@ -53,11 +53,15 @@ fn kernel_version() -> String {
     fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).find(|k| dir.join(k).join("vmlinuz").exists()).unwrap()
 }
 
+/// Where the installed systems update from (the test image comes from an OCI directory).
+const TARGET_IMGREF: &str = "registry.example/kiln/test:latest";
+
 #[test]
 fn iso_is_reproducible_and_carries_the_image_as_published() {
     let s = Scratch::new("installer-iso");
-    let iso = bake_iso(s.path(), "one", &["--seed", "iso-test", "--iso-target-disk", "auto"]);
-    let again = bake_iso(s.path(), "two", &["--seed", "iso-test", "--iso-target-disk", "auto"]);
+    let args = ["--seed", "iso-test", "--iso-target-disk", "auto", "--target-imgref", TARGET_IMGREF];
+    let iso = bake_iso(s.path(), "one", &args);
+    let again = bake_iso(s.path(), "two", &args);
     assert_eq!(sha(&iso), sha(&again), "the same seed made different ISOs");
 
     let el_torito = xorriso(&iso, "-report_el_torito");
@@ -115,6 +119,7 @@ fn iso_is_reproducible_and_carries_the_image_as_published() {
     run(Command::new("sh").arg("-c").arg(format!("cd {} && cpio -id --quiet < {}", unpacked.display(), tree.join("boot/kiln.img").display())));
     let settings = fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap();
     assert!(settings.contains("target = \"auto\"") && settings.contains(&format!("medium_id = \"{medium_id}\"")), "{settings}");
+    assert!(settings.contains(&format!("target_imgref = \"{TARGET_IMGREF}\"")), "{settings}");
     assert_eq!(sha(&unpacked.join("usr/lib/kiln/kiln")), sha(Path::new(env!("CARGO_BIN_EXE_kiln"))));
     // The bundle runs on its own: the loader finds every library in the bundle.
     let bundle = unpacked.join("usr/lib/kiln");
@@ -186,7 +191,7 @@ fn iso_refuses_images_it_cannot_make_an_installer_of() {
 #[test]
 fn iso_installs_unattended_from_cd_under_uefi() {
     let s = Scratch::new("installer-iso-install");
-    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto"]);
+    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto", "--target-imgref", TARGET_IMGREF]);
     let target = s.path().join("target.raw");
     fs::File::create(&target).unwrap().set_len(8 << 30).unwrap();
     let vars = s.path().join("OVMF_VARS.fd");

@@ -63,6 +63,9 @@ pub fn run(progress: &Progress) -> Result<()> {
     if let Some(fs) = &settings.filesystem {
         argv.extend(["--filesystem".into(), fs.clone()]);
     }
+    if let Some(r) = &settings.target_imgref {
+        argv.extend(["--target-imgref".into(), r.clone()]);
+    }
     for k in &settings.kargs {
         argv.push(format!("--karg={k}"));
     }

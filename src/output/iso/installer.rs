@@ -85,6 +85,10 @@ pub struct IsoSettings {
     pub filesystem: Option<String>,
     /// The volume set id of the ISO the payload is on.
     pub medium_id: String,
+    /// The registry reference the installed system updates from (`--target-imgref`, else the
+    /// baked image's own); none: it would name the medium's path, which the installed system
+    /// does not have.
+    pub target_imgref: Option<String>,
 }
 
 /// Builds the installer ISO of `args.image` into `out` (an empty file); the work files go in
@@ -117,7 +121,11 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     let core_config = format!("search --no-floppy --label --set=root {volume_id}\nset prefix=($root)/boot/grub\n");
     let core = core_image::build_eltorito(&image_root, &bios.modules_dir, &core_image::CoreSpec { modules: &core_modules, config: &core_config, prefix: "/boot/grub" })?;
 
-    let settings = IsoSettings { target: args.iso_target_disk.clone(), kargs: args.kargs.clone(), filesystem: args.rootfs.clone(), medium_id: medium_id.clone() };
+    let target_imgref = bake::registry_reference(args.target_imgref.as_deref(), &image.source)?;
+    if target_imgref.is_none() {
+        progress.warn(&format!("systems installed from this ISO will look for updates on its medium, which they do not have: pass --target-imgref REGISTRY/IMAGE:TAG to update from a registry ({} is not one)", image.source));
+    }
+    let settings = IsoSettings { target: args.iso_target_disk.clone(), kargs: args.kargs.clone(), filesystem: args.rootfs.clone(), medium_id: medium_id.clone(), target_imgref };
     let kiln_img = run_dir.join("kiln.img");
     write_kiln_img(&kiln_img, &settings, &image_root, unix_time)?;
 
