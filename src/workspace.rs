@@ -127,7 +127,8 @@ fn named_for_a_live_process(name: &std::ffi::OsStr) -> bool {
         return false;
     }
     // Signal 0 only checks: EPERM still means the process exists.
-    unsafe { libc::kill(pid, 0) == 0 } || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let alive = unsafe { libc::kill(pid, 0) == 0 };
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// `$KILN_RUNTIME_DIR`, else `/run/kiln` for root, else `$XDG_RUNTIME_DIR/kiln`, else the
