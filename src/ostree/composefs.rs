@@ -68,7 +68,9 @@ fn dir_node(dir: Dir, verity: Option<&ObjectVerity>) -> Node {
                 tree::Node::File(f) => {
                     let kind = Kind::Regular {
                         size: f.size,
-                        payload: (f.size > 0).then(|| object_path(&f.content).into_bytes()),
+                        // Absolute, so the image writer's redirect (`/` + a relative payload,
+                        // the same bytes) borrows it instead of copying it for every file.
+                        payload: (f.size > 0).then(|| format!("/{}", object_path(&f.content)).into_bytes()),
                         verity: verity.and_then(|v| v.get(&f.content).copied()).filter(|_| f.size > 0),
                     };
                     base(f.meta, kind)
@@ -203,7 +205,7 @@ mod tests {
         let usr = e[b"usr".as_slice()].entries().unwrap();
         assert_eq!(e[b"usr".as_slice()].xattrs.get(label.0.as_slice()), Some(&label.1));
         let Kind::Regular { payload, .. } = &usr[b"data".as_slice()].kind else { panic!() };
-        assert_eq!(payload.as_deref(), Some(format!("ab/{}.file", "ab".repeat(31)).as_bytes()));
+        assert_eq!(payload.as_deref(), Some(format!("/ab/{}.file", "ab".repeat(31)).as_bytes()));
         assert_eq!(usr[b"data".as_slice()].mtime, Mtime::default());
         assert_eq!(usr[b"data".as_slice()].mode, 0o4755);
         assert!(matches!(&usr[b"empty".as_slice()].kind, Kind::Regular { payload: None, .. }));
