@@ -585,6 +585,7 @@ fn write_deployment(
         (merged, store.into_written())
     };
     interrupt::check()?;
+    crate::memory::release_freed();
     let (mut root, filtered) = ostree::convert(merged.root)?;
     let mut layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).map(|(d, _)| d)).collect::<Result<Vec<_>>>()?;
     let policy = image_policy(&repo, &root, args.disable_selinux)
@@ -610,6 +611,8 @@ fn write_deployment(
         &ostree::CommitInfo { image, target_transport_ref: &transport_ref, filtered: &filtered, kernel: &kver },
     )?;
     stage.finish();
+    // The layers' own trees are written and gone.
+    crate::memory::release_freed();
 
     let stage = progress.stage("deploy", None);
     let files = read_files(&repo, &root, &|p| layout_files(p) || prepare_root::wanted(p))?;
@@ -647,7 +650,7 @@ fn write_deployment(
         sysroot,
         &repo,
         &commit,
-        &root,
+        root,
         &ostree::DeployOptions {
             stateroot: &args.stateroot,
             origin: &origin,

@@ -408,6 +408,7 @@ pub enum Firmware {
 }
 
 pub fn main() -> ExitCode {
+    crate::memory::share_one_heap();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

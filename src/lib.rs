@@ -18,6 +18,7 @@ pub mod interrupt;
 pub mod image;
 pub mod inspect;
 pub mod install;
+pub mod memory;
 pub mod ostree;
 pub mod output;
 pub mod pending;

@@ -377,7 +377,7 @@ fn ostree_writes_the_same_image_for_kilns_commit() {
         selinux_state: "disabled",
         object_verity: None,
     };
-    let dep = ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap();
+    let dep = ostree::deploy(&sysroot, &repo, &commit, root.clone(), &opts).unwrap();
     let cfs = dep.dir.join(".ostree.cfs");
     let md = std::fs::metadata(&cfs).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777, 0o644);

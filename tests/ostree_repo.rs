@@ -99,7 +99,7 @@ fn test_image_commit_and_deployment_satisfy_ostree() {
         &sysroot,
         &repo,
         &commit,
-        &root,
+        root.clone(),
         &ostree::DeployOptions {
             stateroot: "default",
             origin: "ostree-unverified-registry:quay.io/kiln/test:latest",
@@ -173,8 +173,8 @@ fn a_sysroot_with_a_deployment_is_refused() {
     let (tree, meta) = ostree::commit::write_tree(&repo, &root, "", &mut HashSet::new()).unwrap();
     let commit = repo.write_metadata(object::Kind::Commit, &object::commit(ostree::gvariant::dict_sv(vec![]), 0, &tree, &meta)).unwrap();
     let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &[], version: None, image: "x/y:z", labels: None, selinux_state: "disabled", object_verity: None };
-    ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap();
-    let err = ostree::deploy(&sysroot, &repo, &commit, &root, &opts).unwrap_err().to_string();
+    ostree::deploy(&sysroot, &repo, &commit, root.clone(), &opts).unwrap();
+    let err = ostree::deploy(&sysroot, &repo, &commit, root, &opts).unwrap_err().to_string();
     assert!(err.contains("already holds a deployment") && err.contains("--stateroot"), "{err}");
 }
 
@@ -212,7 +212,7 @@ fn device_trees_are_deployed_as_ostree_deploys_them() {
         let commit = repo.write_metadata(object::Kind::Commit, &object::commit(ostree::gvariant::dict_sv(vec![]), 0, &tree_csum, &meta)).unwrap();
         let kargs = vec!["root=UUID=1234".to_string()];
         let opts = ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:x/y:z", kargs: &kargs, version: None, image: "x/y:z", labels: None, selinux_state: "disabled", object_verity: None };
-        let dep = ostree::deploy(&ours, &repo, &commit, &root, &opts).unwrap();
+        let dep = ostree::deploy(&ours, &repo, &commit, root, &opts).unwrap();
 
         let theirs = s.path().join("ostree");
         let hex = object::hex(&commit);

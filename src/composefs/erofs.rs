@@ -316,7 +316,8 @@ impl<'a> Image<'a> {
                         if p.len() >= PATH_MAX || p.contains(&0) {
                             bail!("{}: the backing path is too long or holds a NUL byte", path());
                         }
-                        let redirect = if p.starts_with(b"/") { p.clone() } else { [b"/".as_slice(), p].concat() };
+                        // An absolute payload is the redirect itself: borrowed, not copied per file.
+                        let redirect: Cow<'a, [u8]> = if p.starts_with(b"/") { Cow::Borrowed(p) } else { Cow::Owned([b"/".as_slice(), p].concat()) };
                         budget += xattr_cost(REDIRECT.len(), redirect.len(), budget == 0);
                         inode.set_xattr(REDIRECT, redirect);
                     }

@@ -34,8 +34,10 @@ const ROOT_DIRS: [&str; 5] = ["usr", "etc", "boot", "var", "sysroot"];
 /// fs-verity digests of content objects, by object checksum (when the objects have fs-verity).
 pub type ObjectVerity = HashMap<Checksum, [u8; 32]>;
 
-/// The composefs tree of the commit whose (converted) tree is `root`.
-pub fn image_tree(root: &Dir, verity: Option<&ObjectVerity>) -> Node {
+/// The composefs tree of the commit whose (converted) tree is `root`. The commit tree is
+/// consumed as it is converted (each directory's entries freed once moved), so the two whole
+/// trees are never in memory at once.
+pub fn image_tree(root: Dir, verity: Option<&ObjectVerity>) -> Node {
     let mut node = dir_node(root, verity);
     let entries = node.entries_mut().expect("a directory");
     for name in ROOT_DIRS {
@@ -44,40 +46,42 @@ pub fn image_tree(root: &Dir, verity: Option<&ObjectVerity>) -> Node {
     node
 }
 
-fn base(meta: &Meta, kind: Kind) -> Node {
+fn base(meta: Meta, kind: Kind) -> Node {
     Node {
         mode: meta.mode & 0o7777,
         uid: meta.uid,
         gid: meta.gid,
         nlink: 1,
         mtime: Mtime::default(),
-        xattrs: meta.xattrs.iter().cloned().collect(),
+        xattrs: meta.xattrs.into_iter().collect(),
         kind,
     }
 }
 
-fn dir_node(dir: &Dir, verity: Option<&ObjectVerity>) -> Node {
+fn dir_node(dir: Dir, verity: Option<&ObjectVerity>) -> Node {
     let entries: BTreeMap<Vec<u8>, Node> = dir
         .entries
-        .iter()
+        .into_iter()
         .map(|(name, node)| {
             let n = match node {
                 tree::Node::Dir(d) => dir_node(d, verity),
-                tree::Node::File(f) => base(
-                    &f.meta,
-                    Kind::Regular {
+                tree::Node::File(f) => {
+                    let kind = Kind::Regular {
                         size: f.size,
-                        payload: (f.size > 0).then(|| object_path(&f.content).into_bytes()),
+                        // Absolute, so the image writer's redirect (`/` + a relative payload,
+                        // the same bytes) borrows it instead of copying it for every file.
+                        payload: (f.size > 0).then(|| format!("/{}", object_path(&f.content)).into_bytes()),
                         verity: verity.and_then(|v| v.get(&f.content).copied()).filter(|_| f.size > 0),
-                    },
-                ),
+                    };
+                    base(f.meta, kind)
+                }
                 // A symlink object's mode is what lstat says of a symlink: 0777.
-                tree::Node::Symlink(s) => Node { mode: 0o777, ..base(&s.meta, Kind::Symlink(s.target.clone())) },
+                tree::Node::Symlink(s) => Node { mode: 0o777, ..base(s.meta, Kind::Symlink(s.target)) },
             };
-            (name.clone(), n)
+            (name, n)
         })
         .collect();
-    base(&dir.meta, Kind::Dir(entries))
+    base(dir.meta, Kind::Dir(entries))
 }
 
 /// An object's path relative to `objects/` in a bare repository: `xx/yyyy….file`.
@@ -160,9 +164,10 @@ pub fn verity_files(sysroot: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Writes `<deployment>/.ostree.cfs` (mode 0644) for the commit tree `root`; returns the
-/// image's fs-verity digest.
-pub fn write_image(deployment: &Path, root: &Dir, verity: Option<&ObjectVerity>) -> Result<[u8; 32]> {
+/// Writes `<deployment>/.ostree.cfs` (mode 0644) for the commit tree `root` (consumed: the
+/// image is the last thing a deployment needs the tree for); returns the image's fs-verity
+/// digest.
+pub fn write_image(deployment: &Path, root: Dir, verity: Option<&ObjectVerity>) -> Result<[u8; 32]> {
     let tree = image_tree(root, verity);
     let image = composefs::erofs::Image::new(&tree).context("encoding the deployment's composefs image")?;
     let path = deployment.join(IMAGE_NAME);
@@ -193,14 +198,14 @@ mod tests {
         usr.entries.insert(b"link".to_vec(), tree::Node::Symlink(Symlink { meta: Meta { mode: 0o644, ..Meta::default() }, target: b"data".to_vec() }));
         let mut root = Dir { meta: Meta { mode: 0o755, ..Meta::default() }, ..Dir::default() };
         root.entries.insert(b"usr".to_vec(), tree::Node::Dir(usr));
-        let t = image_tree(&root, None);
+        let t = image_tree(root, None);
         let e = t.entries().unwrap();
         assert_eq!(e.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>(), ["boot", "etc", "sysroot", "usr", "var"]);
         assert!(e[b"etc".as_slice()].xattrs.is_empty());
         let usr = e[b"usr".as_slice()].entries().unwrap();
         assert_eq!(e[b"usr".as_slice()].xattrs.get(label.0.as_slice()), Some(&label.1));
         let Kind::Regular { payload, .. } = &usr[b"data".as_slice()].kind else { panic!() };
-        assert_eq!(payload.as_deref(), Some(format!("ab/{}.file", "ab".repeat(31)).as_bytes()));
+        assert_eq!(payload.as_deref(), Some(format!("/ab/{}.file", "ab".repeat(31)).as_bytes()));
         assert_eq!(usr[b"data".as_slice()].mtime, Mtime::default());
         assert_eq!(usr[b"data".as_slice()].mode, 0o4755);
         assert!(matches!(&usr[b"empty".as_slice()].kind, Kind::Regular { payload: None, .. }));

@@ -149,7 +149,8 @@ impl DeviceTrees {
 
 /// Writes the deployment of `commit` (whose tree is `root`, already converted) into the
 /// sysroot at `sysroot` (its `/boot` may be another filesystem mounted at `sysroot/boot`).
-pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: &DeployOptions) -> Result<Deployment> {
+/// The tree is consumed by the deployment's composefs image, its last use.
+pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: Dir, opts: &DeployOptions) -> Result<Deployment> {
     let stateroot_dir = sysroot.join("ostree/deploy").join(opts.stateroot);
     if stateroot_dir.exists() {
         bail!(
@@ -166,7 +167,7 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
 
     // The checkout: every file a hardlink to its object.
     fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_tree(repo, root, &dir, Place::Link, &mut Vec::new())?;
+    write_tree(repo, &root, &dir, Place::Link, &mut Vec::new())?;
     fsmeta::set_path(&dir, &root.meta, false, Some(0))?;
 
     // /etc: a copy of /usr/etc that the admin may edit; /var: the stateroot's starts as a copy
@@ -192,7 +193,7 @@ pub fn deploy(sysroot: &Path, repo: &Repo, commit: &Checksum, root: &Dir, opts: 
 
     // The kernel and initramfs, under the boot checksum ostree computes: sha256 over the
     // kernel's bytes, then the initramfs's.
-    let kver = crate::tree::kernels(root).into_iter().next().context("the tree has no kernel")?;
+    let kver = crate::tree::kernels(&root).into_iter().next().context("the tree has no kernel")?;
     let modules = format!("usr/lib/modules/{kver}");
     let kernel = dir.join(&modules).join("vmlinuz");
     let initramfs = ["initramfs.img", "initramfs"].iter().map(|n| dir.join(&modules).join(n)).find(|p| p.is_file());
