@@ -63,6 +63,11 @@ pub fn run(progress: &Progress) -> Result<()> {
     if let Some(fs) = &settings.filesystem {
         argv.extend(["--filesystem".into(), fs.clone()]);
     }
+    // The payload's path means nothing once the medium is gone: the installed system updates
+    // from the image's registry reference when the bake knew one.
+    if let Some(r) = &settings.target_imgref {
+        argv.extend(["--target-imgref".into(), r.clone()]);
+    }
     for k in &settings.kargs {
         argv.push(format!("--karg={k}"));
     }

@@ -83,6 +83,9 @@ pub struct IsoSettings {
     pub kargs: Vec<String>,
     /// The root filesystem type (default: the image's install configuration).
     pub filesystem: Option<String>,
+    /// The image reference the installed system updates from (else the image's registry
+    /// reference, when it was baked from one).
+    pub target_imgref: Option<String>,
     /// The volume set id of the ISO the payload is on.
     pub medium_id: String,
 }
@@ -117,7 +120,7 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     let core_config = format!("search --no-floppy --label --set=root {volume_id}\nset prefix=($root)/boot/grub\n");
     let core = core_image::build_eltorito(&image_root, &bios.modules_dir, &core_image::CoreSpec { modules: &core_modules, config: &core_config, prefix: "/boot/grub" })?;
 
-    let settings = IsoSettings { target: args.iso_target_disk.clone(), kargs: args.kargs.clone(), filesystem: args.rootfs.clone(), medium_id: medium_id.clone() };
+    let settings = IsoSettings { target: args.iso_target_disk.clone(), kargs: args.kargs.clone(), filesystem: args.rootfs.clone(), target_imgref: args.target_imgref.clone().or_else(|| image.source.registry_form()), medium_id: medium_id.clone() };
     let kiln_img = run_dir.join("kiln.img");
     write_kiln_img(&kiln_img, &settings, &image_root, unix_time)?;
 
