@@ -210,3 +210,31 @@ fn iso_installs_unattended_from_cd_under_uefi() {
     println!("the installed disk:\n{report}");
     report.assert_outcome(&[]);
 }
+
+/// Blocks the sparse file `path` has allocated: any write from the guest allocates some.
+fn allocated_blocks(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks()
+}
+
+/// `auto` with two disks that fit: the installer lists the disks on the console and stops;
+/// neither disk is written.
+#[test]
+fn iso_with_two_candidate_disks_lists_them_and_writes_nothing() {
+    let s = Scratch::new("installer-iso-two-disks");
+    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto"]);
+    let (first, second) = (s.path().join("first.raw"), s.path().join("second.raw"));
+    for d in [&first, &second] {
+        fs::File::create(d).unwrap().set_len(8 << 30).unwrap();
+    }
+    let mut boot = Boot::new(&first, Firmware::Uefi, "installer-iso-two-disks");
+    boot.cdrom = Some(iso);
+    boot.image_writable = true;
+    boot.extra_disks = vec![(second.clone(), true)];
+    let tail = boot.until_console("nothing was written").unwrap_or_else(|e| panic!("{e}"));
+    println!("{tail}");
+    for want in ["the target is auto, but 2 disks fit", "/dev/vda  8 GiB", "/dev/vdb  8 GiB"] {
+        assert!(tail.contains(want), "the console lacks {want:?}:\n{tail}");
+    }
+    assert_eq!((allocated_blocks(&first), allocated_blocks(&second)), (0, 0), "the installer wrote to a disk");
+}
