@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
         sysroot,
         &repo,
         &commit,
-        &root,
+        root,
         &ostree::DeployOptions { stateroot: "default", origin: "ostree-unverified-registry:example/os:latest", kargs: &kargs, version: None, image: "example/os:latest", labels: None, selinux_state: "disabled", object_verity: None },
     )?;
     Ok(())
