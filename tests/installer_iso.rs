@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::boot::{Boot, Firmware};
+use common::hybrid_iso::{assert_hybrid_boot, sha};
 use common::{bake_fails, kiln, oci, run, test_image, Scratch};
 
 fn bake_iso(s: &Path, name: &str, extra: &[&str]) -> PathBuf {
@@ -24,16 +25,6 @@ fn bake_iso(s: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let iso = out.join("bootiso/install.iso");
     assert!(iso.is_file(), "no {}", iso.display());
     iso
-}
-
-fn sha(path: &Path) -> String {
-    run(Command::new("sha256sum").arg(path)).split_whitespace().next().unwrap().to_string()
-}
-
-fn xorriso(iso: &Path, report: &str) -> String {
-    let out = Command::new("xorriso").arg("-indev").arg(iso).args([report, "plain"]).output().unwrap();
-    assert!(out.status.success(), "xorriso {report}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") + "\n").collect()
 }
 
 /// Every file below `dir`, by its path relative to it, with its sha256.
@@ -64,18 +55,7 @@ fn iso_is_reproducible_and_carries_the_image_as_published() {
     let again = bake_iso(s.path(), "two", &args);
     assert_eq!(sha(&iso), sha(&again), "the same seed made different ISOs");
 
-    let el_torito = xorriso(&iso, "-report_el_torito");
-    let lines: Vec<&str> = el_torito.lines().filter(|l| l.starts_with("El Torito boot img :")).collect();
-    assert_eq!(lines.len(), 2, "{el_torito}");
-    let fields = |l: &str| l.split_once(':').unwrap().1.split_whitespace().map(String::from).collect::<Vec<_>>();
-    assert_eq!(fields(lines[0])[..7], ["1", "BIOS", "y", "none", "0x0000", "0x00", "4"], "{el_torito}");
-    assert_eq!(fields(lines[1])[..4], ["2", "UEFI", "y", "none"], "{el_torito}");
-    assert!(el_torito.contains("El Torito img path : 1 /boot/grub/i386-pc/eltorito.img"), "{el_torito}");
-    assert!(el_torito.contains("El Torito img opts : 1 boot-info-table grub2-boot-info"), "{el_torito}");
-    let area = xorriso(&iso, "-report_system_area");
-    for want in ["System area summary: MBR protective-msdos-label grub2-mbr", "GPT partname local : 1 ISO9660", "GPT partname local : 2 EFI"] {
-        assert!(area.contains(want), "no {want:?} in:\n{area}");
-    }
+    assert_hybrid_boot(&iso);
 
     let d = run(Command::new("isoinfo").args(["-d", "-R", "-J", "-i"]).arg(&iso));
     for want in ["Volume id: KILN_", "Rock Ridge signatures version 1 found", "Joliet with UCS level 3 found", "El Torito VD version 1 found"] {

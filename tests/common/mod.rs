@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod gpt;
+pub mod hybrid_iso;
 pub mod moto;
 pub mod oci;
 pub mod registry;
