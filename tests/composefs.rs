@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{sid, Scratch};
-use kiln::composefs::{dump, erofs::Image, Kind, Mtime, Node};
+use kiln::composefs::{dump, erofs::Image, Kind, Mtime, Node, Xattrs};
 use sha2::Digest;
 
 fn file(size: u64, payload: &str, verity: Option<[u8; 32]>) -> Node {
@@ -21,7 +21,7 @@ fn node(mode: u32, kind: Kind) -> Node {
     Node { kind, ..Node::dir(mode, 0, 0) }
 }
 
-fn xattrs(list: &[(&str, &[u8])]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+fn xattrs(list: &[(&str, &[u8])]) -> Xattrs {
     list.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect()
 }
 
@@ -134,7 +134,7 @@ fn xattr_mix() -> Node {
         put(&mut root, format!("f{i:02}").as_bytes(), f);
     }
     // Two inodes sharing 150 xattrs: only 128 can be shared references.
-    let many: BTreeMap<Vec<u8>, Vec<u8>> = (0..150).map(|i| (format!("user.m{i:03}").into_bytes(), format!("value {i}").into_bytes())).collect();
+    let many: Xattrs = (0..150).map(|i| (format!("user.m{i:03}").into_bytes(), format!("value {i}").into_bytes())).collect();
     for name in ["many-a", "many-b"] {
         put(&mut root, name.as_bytes(), Node { xattrs: many.clone(), ..Node::dir(0o700, 0, 0) });
     }
@@ -236,7 +236,7 @@ fn generated(seed: u64, count: usize) -> Node {
             gid: [0, 0, 0, 1000, 80000][rng.below(5) as usize],
             nlink: if rng.below(50) == 0 { 2 + rng.below(5) as u32 } else { 1 },
             mtime: if rng.below(20) == 0 { Mtime { sec: rng.below(1 << 33) as i64, nsec: rng.below(1_000_000_000) as u32 } } else { Mtime::default() },
-            xattrs: BTreeMap::new(),
+            xattrs: Xattrs::default(),
             kind,
         };
         for _ in 0..rng.below(5) {

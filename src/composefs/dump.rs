@@ -148,7 +148,7 @@ fn parse_line(line: &[u8], root: &mut Option<Node>) -> Result<()> {
         gid: num(fields[5], 10)? as u32,
         nlink: num(fields[3], 10)? as u32,
         mtime: Mtime { sec, nsec },
-        xattrs,
+        xattrs: xattrs.into(),
         kind,
     };
     let parts: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).collect();

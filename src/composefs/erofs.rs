@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 
 use anyhow::{bail, Result};
@@ -72,8 +73,13 @@ const USER_OPAQUE: &[u8] = b"user.overlay.opaque";
 /// A tree laid out as an EROFS composefs image, ready to be written (or dumped).
 pub struct Image<'a> {
     inodes: Vec<Inode<'a>>,
-    /// The shared xattr table, in its on-disk order: (inode, xattr) where each entry is found.
-    shared: Vec<(usize, usize)>,
+    /// Every directory's entries (with `.` and `..`), sorted by name, each directory's in one
+    /// run ([`Inode::dirents`]): (name, inode index). One vector, not one per directory.
+    dirents: Vec<(&'a [u8], u32)>,
+    /// The shared xattr table, in its on-disk order: (name as stored, value).
+    shared: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Each shared xattr's offset in that table, by [`pair_key`].
+    shared_offsets: HashMap<Vec<u8>, u64>,
     shared_size: u64,
     inodes_end: u64,
     data_blocks: u64,
@@ -83,10 +89,13 @@ pub struct Image<'a> {
     composefs_version: u32,
 }
 
+/// One inode of the image. Its xattrs are not stored: they are the node's, rewritten for
+/// overlayfs, and derived again where needed ([`Image::xattrs`]), which keeps the per-file
+/// record small (a desktop image has a few hundred thousand of them).
 struct Inode<'a> {
     /// Where it came from: `None` for the root's `00`…`ff` whiteouts.
     node: Option<&'a Node>,
-    parent: usize,
+    parent: u32,
     name: &'a [u8],
     st_mode: u32,
     uid: u32,
@@ -95,10 +104,10 @@ struct Inode<'a> {
     mtime: Mtime,
     size: u64,
     rdev: u64,
-    /// Sorted by (escaped) name.
-    xattrs: Vec<Xattr<'a>>,
-    /// Directories: every entry with `.` and `..`, sorted by name: (name, inode index).
-    dirents: Vec<(&'a [u8], usize)>,
+    /// Directories: their run in [`Image::dirents`] (start, length).
+    dirents: (u32, u32),
+    /// A directory holding whiteouts (character devices 0:0): overlayfs is told so by xattrs.
+    whiteout_parent: bool,
     // Layout, as compute_erofs_inodes leaves it.
     n_blocks: u64,
     tail: u64,
@@ -108,6 +117,7 @@ struct Inode<'a> {
     nid: u64,
 }
 
+/// An xattr of an inode as the image stores it (derived by [`Image::xattrs`], not kept).
 struct Xattr<'a> {
     /// The name as stored (escaped when it was a `trusted.overlay.` one).
     key: Cow<'a, [u8]>,
@@ -129,19 +139,27 @@ static WHITEOUT_NAMES: [[u8; 2]; 256] = {
     names
 };
 
-impl<'a> Inode<'a> {
+impl Inode<'_> {
     fn is_dir(&self) -> bool {
         self.st_mode & S_IFMT == S_IFDIR
     }
+}
 
-    /// Adds (or replaces) an xattr of the overlay rewrite.
-    fn set_xattr(&mut self, key: &'static [u8], value: impl Into<Cow<'a, [u8]>>) {
-        let x = Xattr { key: Cow::Borrowed(key), value: value.into(), added: true, shared: None };
-        match self.xattrs.binary_search_by(|e| e.key.as_ref().cmp(key)) {
-            Ok(i) => self.xattrs[i] = x,
-            Err(i) => self.xattrs.insert(i, x),
-        }
+/// Adds (or replaces) an xattr of the overlay rewrite in `xattrs` (sorted by name).
+fn set_xattr<'a>(xattrs: &mut Vec<Xattr<'a>>, key: &'static [u8], value: impl Into<Cow<'a, [u8]>>) {
+    let x = Xattr { key: Cow::Borrowed(key), value: value.into(), added: true, shared: None };
+    match xattrs.binary_search_by(|e| e.key.as_ref().cmp(key)) {
+        Ok(i) => xattrs[i] = x,
+        Err(i) => xattrs.insert(i, x),
     }
+}
+
+/// An xattr's (name, value) as one key: names hold no NUL byte, so the pair is unambiguous.
+fn pair_key(into: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    into.clear();
+    into.extend_from_slice(key);
+    into.push(0);
+    into.extend_from_slice(value);
 }
 
 impl<'a> Image<'a> {
@@ -153,7 +171,9 @@ impl<'a> Image<'a> {
         }
         let mut image = Image {
             inodes: Vec::new(),
+            dirents: Vec::new(),
             shared: Vec::new(),
+            shared_offsets: HashMap::new(),
             shared_size: 0,
             inodes_end: 0,
             data_blocks: 0,
@@ -190,12 +210,12 @@ impl<'a> Image<'a> {
                 children.extend(WHITEOUT_NAMES.iter().filter(|n| !entries.contains_key(n.as_slice())).map(|n| (n.as_slice(), Entry::Whiteout)));
             }
             children.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let mut dirents = Vec::with_capacity(children.len());
+            let start = self.dirents.len();
             let mut subdirs = 0;
             for (name, entry) in children {
                 let target = match entry {
                     Entry::Dot => i,
-                    Entry::DotDot => self.inodes[i].parent,
+                    Entry::DotDot => self.inodes[i].parent as usize,
                     Entry::Node(n) => {
                         check_name(name).map_err(|e| anyhow::anyhow!("{}: {e}", self.path_of(i, Some(name))))?;
                         let child = self.inode_of(n, i, name)?;
@@ -210,7 +230,8 @@ impl<'a> Image<'a> {
                     }
                     Entry::Whiteout => {
                         let root = &self.inodes[0];
-                        let mut w = Inode {
+                        // Its xattrs (the root's SELinux label) are derived by `xattrs`.
+                        let w = Inode {
                             node: None,
                             parent: 0,
                             name,
@@ -221,48 +242,111 @@ impl<'a> Image<'a> {
                             mtime: root.mtime,
                             size: 0,
                             rdev: 0,
-                            xattrs: Vec::new(),
-                            dirents: Vec::new(),
                             ..Inode::layout_default()
                         };
-                        // Whiteouts inherit the root's SELinux label.
-                        if let Some(label) = root.node.and_then(|n| n.xattrs.get(b"security.selinux".as_slice())) {
-                            w.xattrs.push(Xattr { key: Cow::Borrowed(b"security.selinux"), value: Cow::Borrowed(label), added: true, shared: None });
-                        }
                         self.inodes.push(w);
                         self.inodes.len() - 1
                     }
                 };
-                dirents.push((name, target));
+                self.dirents.push((name, target as u32));
             }
             let dir = &mut self.inodes[i];
-            dir.dirents = dirents;
+            dir.dirents = (start as u32, (self.dirents.len() - start) as u32);
             dir.nlink = 2 + subdirs;
             i += 1;
         }
-        self.inodes[0].set_xattr(OPAQUE, &b"y"[..]);
+        let is_acl = |k: &Vec<u8>| matches!(k.as_slice(), b"system.posix_acl_access" | b"system.posix_acl_default");
         for inode in &self.inodes {
             self.min_mtime = self.min_mtime.min(inode.mtime);
-            if inode.xattrs.iter().any(|x| matches!(x.key.as_ref(), b"system.posix_acl_access" | b"system.posix_acl_default")) {
+            // The overlay rewrite adds no ACL: the nodes' own xattrs tell.
+            if inode.node.is_some_and(|n| n.xattrs.keys().any(is_acl)) {
                 self.has_acl = true;
             }
         }
         Ok(())
     }
 
-    /// A directory holding whiteouts is marked for overlayfs (and, in version 1, opaque "x").
+    /// A directory holding whiteouts is marked for overlayfs (`xattrs` adds the marks).
     fn mark_whiteout_parent(&mut self, parent: usize) {
         self.composefs_version = 1;
-        let p = &mut self.inodes[parent];
-        p.set_xattr(ESCAPED_WHITEOUTS, &b""[..]);
-        p.set_xattr(USER_WHITEOUTS, &b""[..]);
-        p.set_xattr(ESCAPED_OPAQUE, &b"x"[..]);
-        p.set_xattr(USER_OPAQUE, &b"x"[..]);
+        self.inodes[parent].whiteout_parent = true;
     }
 
+    /// The xattrs of inode `i` as the image stores them, sorted by name: the node's own
+    /// (`trusted.overlay.*` escaped) and those the overlay rewrite adds: METACOPY and REDIRECT
+    /// on regular files with data, the escaped whiteout marks on whiteouts and their parents,
+    /// opaque on the root, the root's SELinux label on its `00`…`ff` whiteouts. Shared ones
+    /// are not placed yet ([`Image::placed_xattrs`]).
+    fn xattrs(&self, i: usize) -> Vec<Xattr<'a>> {
+        let inode = &self.inodes[i];
+        let Some(node) = inode.node else {
+            let label = self.inodes[0].node.and_then(|n| n.xattrs.get(b"security.selinux".as_slice()));
+            return label.map(|l| Xattr { key: Cow::Borrowed(b"security.selinux"), value: Cow::Borrowed(l.as_slice()), added: true, shared: None }).into_iter().collect();
+        };
+        let mut xattrs: Vec<Xattr<'a>> = Vec::with_capacity(node.xattrs.len() + 2);
+        for (k, v) in &node.xattrs {
+            let key = match k.strip_prefix(OVERLAY_PREFIX) {
+                Some(rest) => Cow::Owned([ESCAPED_PREFIX, rest].concat()),
+                None => Cow::Borrowed(k.as_slice()),
+            };
+            xattrs.push(Xattr { key, value: Cow::Borrowed(v), added: false, shared: None });
+        }
+        xattrs.sort_by(|a, b| a.key.cmp(&b.key));
+        match &node.kind {
+            Kind::Regular { size, payload, verity } if *size > 0 => {
+                let metacopy: Cow<'a, [u8]> = match verity {
+                    Some(d) => Cow::Owned([&[0, 36, 0, fsverity::HASH_ALG_SHA256][..], d.as_slice()].concat()),
+                    None => Cow::Borrowed(b""),
+                };
+                set_xattr(&mut xattrs, METACOPY, metacopy);
+                if let Some(p) = payload.as_ref().filter(|p| !p.is_empty()) {
+                    // An absolute payload is the redirect itself: borrowed, not copied.
+                    let redirect: Cow<'a, [u8]> = if p.starts_with(b"/") { Cow::Borrowed(p) } else { Cow::Owned([b"/".as_slice(), p].concat()) };
+                    set_xattr(&mut xattrs, REDIRECT, redirect);
+                }
+            }
+            Kind::CharDevice(0) => {
+                set_xattr(&mut xattrs, ESCAPED_WHITEOUT, &b""[..]);
+                set_xattr(&mut xattrs, USER_WHITEOUT, &b""[..]);
+            }
+            _ => {}
+        }
+        if inode.whiteout_parent {
+            // And, in composefs version 1, opaque "x".
+            set_xattr(&mut xattrs, ESCAPED_WHITEOUTS, &b""[..]);
+            set_xattr(&mut xattrs, USER_WHITEOUTS, &b""[..]);
+            set_xattr(&mut xattrs, ESCAPED_OPAQUE, &b"x"[..]);
+            set_xattr(&mut xattrs, USER_OPAQUE, &b"x"[..]);
+        }
+        if i == 0 {
+            set_xattr(&mut xattrs, OPAQUE, &b"y"[..]);
+        }
+        xattrs
+    }
+
+    /// [`Image::xattrs`] with the shared ones given their offset in the shared table (at most
+    /// [`MAX_SHARED_REFS`] per inode; the rest stay inline).
+    fn placed_xattrs(&self, i: usize) -> Vec<Xattr<'a>> {
+        let mut xattrs = self.xattrs(i);
+        let mut refs = 0;
+        let mut key = Vec::new();
+        for x in &mut xattrs {
+            if refs == MAX_SHARED_REFS {
+                break;
+            }
+            pair_key(&mut key, &x.key, &x.value);
+            if let Some(&o) = self.shared_offsets.get(&key) {
+                x.shared = Some(o);
+                refs += 1;
+            }
+        }
+        xattrs
+    }
+
+    /// Checks what libcomposefs checks of a node (xattr names and sizes, its xattr budget with
+    /// the overlay xattrs it gets, backing path, symlink target) and makes its inode.
     fn inode_of(&self, node: &'a Node, parent: usize, name: &'a [u8]) -> Result<Inode<'a>> {
         let path = || self.path_of(parent, if name.is_empty() { None } else { Some(name) });
-        let mut xattrs: Vec<Xattr<'a>> = Vec::with_capacity(node.xattrs.len() + 2);
         let mut budget = 0;
         for (k, v) in &node.xattrs {
             if k.is_empty() || k.len() > 255 || k.contains(&0) {
@@ -272,16 +356,10 @@ impl<'a> Image<'a> {
                 bail!("{}: the xattr {} is {} bytes, more than composefs stores ({})", path(), String::from_utf8_lossy(k), v.len(), u16::MAX);
             }
             budget += xattr_cost(k.len(), v.len(), budget == 0);
-            let key = match k.strip_prefix(OVERLAY_PREFIX) {
-                Some(rest) => Cow::Owned([ESCAPED_PREFIX, rest].concat()),
-                None => Cow::Borrowed(k.as_slice()),
-            };
-            xattrs.push(Xattr { key, value: Cow::Borrowed(v), added: false, shared: None });
         }
-        xattrs.sort_by(|a, b| a.key.cmp(&b.key));
         let mut inode = Inode {
             node: Some(node),
-            parent,
+            parent: parent as u32,
             name,
             st_mode: node.st_mode(),
             uid: node.uid,
@@ -290,8 +368,6 @@ impl<'a> Image<'a> {
             mtime: node.mtime,
             size: 0,
             rdev: 0,
-            xattrs,
-            dirents: Vec::new(),
             ..Inode::layout_default()
         };
         match &node.kind {
@@ -302,24 +378,14 @@ impl<'a> Image<'a> {
                     if chunks > MAX_CHUNKS {
                         bail!("{}: {} bytes is too large for a composefs image", path(), size);
                     }
-                    let metacopy = match verity {
-                        Some(d) => {
-                            let mut v = vec![0, 36, 0, fsverity::HASH_ALG_SHA256];
-                            v.extend_from_slice(d);
-                            v
-                        }
-                        None => Vec::new(),
-                    };
-                    budget += xattr_cost(METACOPY.len(), metacopy.len(), budget == 0);
-                    inode.set_xattr(METACOPY, metacopy);
+                    let metacopy_len = if verity.is_some() { 36 } else { 0 };
+                    budget += xattr_cost(METACOPY.len(), metacopy_len, budget == 0);
                     if let Some(p) = payload.as_ref().filter(|p| !p.is_empty()) {
                         if p.len() >= PATH_MAX || p.contains(&0) {
                             bail!("{}: the backing path is too long or holds a NUL byte", path());
                         }
-                        // An absolute payload is the redirect itself: borrowed, not copied per file.
-                        let redirect: Cow<'a, [u8]> = if p.starts_with(b"/") { Cow::Borrowed(p) } else { Cow::Owned([b"/".as_slice(), p].concat()) };
-                        budget += xattr_cost(REDIRECT.len(), redirect.len(), budget == 0);
-                        inode.set_xattr(REDIRECT, redirect);
+                        let redirect_len = p.len() + usize::from(!p.starts_with(b"/"));
+                        budget += xattr_cost(REDIRECT.len(), redirect_len, budget == 0);
                     }
                 }
             }
@@ -333,8 +399,6 @@ impl<'a> Image<'a> {
                 // A whiteout in the tree is stored as a regular file overlayfs will not
                 // mistake for its own whiteout.
                 inode.st_mode = S_IFREG | (node.mode & 0o7777);
-                inode.set_xattr(ESCAPED_WHITEOUT, &b""[..]);
-                inode.set_xattr(USER_WHITEOUT, &b""[..]);
             }
             Kind::CharDevice(rdev) | Kind::BlockDevice(rdev) => inode.rdev = *rdev,
             Kind::Dir(_) | Kind::Fifo | Kind::Socket => {}
@@ -351,7 +415,7 @@ impl<'a> Image<'a> {
         let mut at = i;
         while at != 0 {
             parts.push(self.inodes[at].name);
-            at = self.inodes[at].parent;
+            at = self.inodes[at].parent as usize;
         }
         let mut s = String::new();
         for p in parts.iter().rev() {
@@ -365,55 +429,50 @@ impl<'a> Image<'a> {
     }
 
     /// Xattrs used by more than one inode go to the shared table, in libcomposefs' canonical
-    /// order (name, then value length, then value, all descending).
+    /// order (name, then value length, then value, all descending). Counted by hash first, so
+    /// that only the candidates (shared, or sharing a hash) are held as copies.
     fn share_xattrs(&mut self) {
-        /// An xattr by (name, value).
-        type Pair<'x> = (&'x [u8], &'x [u8]);
-        /// Where an xattr is first found: (inode, xattr) indexes.
-        type At = (usize, usize);
-        let (table, assigned) = {
-            let mut uses: HashMap<Pair, (u32, At)> = HashMap::new();
-            for (i, inode) in self.inodes.iter().enumerate() {
-                for (j, x) in inode.xattrs.iter().enumerate() {
-                    uses.entry((&x.key, &x.value)).or_insert((0, (i, j))).0 += 1;
-                }
-            }
-            let mut shared: Vec<(Pair, At)> = uses.iter().filter(|(_, (n, _))| *n > 1).map(|(k, (_, at))| (*k, *at)).collect();
-            shared.sort_unstable_by(|(a, _), (b, _)| b.0.cmp(a.0).then(b.1.len().cmp(&a.1.len())).then(b.1.cmp(a.1)));
-            let mut offsets: HashMap<Pair, u64> = HashMap::with_capacity(shared.len());
-            let mut offset = 0;
-            for (x, _) in &shared {
-                offsets.insert(*x, offset);
-                offset += xattr_entry_size(x.0, x.1.len());
-            }
-            self.shared_size = offset;
-            // An inode refers to at most MAX_SHARED_REFS shared entries; the rest stay inline.
-            let assigned: Vec<Vec<Option<u64>>> = self
-                .inodes
-                .iter()
-                .map(|inode| {
-                    let mut refs = 0;
-                    inode
-                        .xattrs
-                        .iter()
-                        .map(|x| match offsets.get(&(x.key.as_ref(), x.value.as_ref())) {
-                            Some(&o) if refs < MAX_SHARED_REFS => {
-                                refs += 1;
-                                Some(o)
-                            }
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .collect();
-            (shared.into_iter().map(|(_, at)| at).collect::<Vec<_>>(), assigned)
+        let hash = |x: &Xattr| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            x.key.hash(&mut h);
+            x.value.hash(&mut h);
+            h.finish()
         };
-        self.shared = table;
-        for (inode, offsets) in self.inodes.iter_mut().zip(assigned) {
-            for (x, o) in inode.xattrs.iter_mut().zip(offsets) {
-                x.shared = o;
+        // Seen more than once (true) or once (false), by hash.
+        let mut by_hash: HashMap<u64, bool> = HashMap::new();
+        for i in 0..self.inodes.len() {
+            for x in self.xattrs(i) {
+                by_hash.entry(hash(&x)).and_modify(|again| *again = true).or_insert(false);
             }
         }
+        // The candidates, counted exactly: pair key -> (name length, uses).
+        let mut uses: HashMap<Vec<u8>, (usize, u32)> = HashMap::new();
+        let mut key = Vec::new();
+        for i in 0..self.inodes.len() {
+            for x in self.xattrs(i) {
+                if by_hash.get(&hash(&x)) == Some(&true) {
+                    pair_key(&mut key, &x.key, &x.value);
+                    match uses.get_mut(&key) {
+                        Some((_, n)) => *n += 1,
+                        None => {
+                            uses.insert(key.clone(), (x.key.len(), 1));
+                        }
+                    }
+                }
+            }
+        }
+        drop(by_hash);
+        let mut shared: Vec<(Vec<u8>, Vec<u8>)> =
+            uses.into_iter().filter(|(_, (_, n))| *n > 1).map(|(mut k, (len, _))| (k.drain(..len).collect(), k.split_off(1))).collect();
+        shared.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.len().cmp(&a.1.len())).then(b.1.cmp(&a.1)));
+        let mut offset = 0;
+        for (k, v) in &shared {
+            pair_key(&mut key, k, v);
+            self.shared_offsets.insert(key.clone(), offset);
+            offset += xattr_entry_size(k, v.len());
+        }
+        self.shared_size = offset;
+        self.shared = shared;
     }
 
     /// compute_erofs_inodes: sizes, inline tails, padding, nids.
@@ -421,10 +480,12 @@ impl<'a> Image<'a> {
         let mut pos = SUPER_OFFSET + SUPER_SIZE;
         let min_mtime = self.min_mtime;
         for i in 0..self.inodes.len() {
+            let xattrs = self.placed_xattrs(i);
+            let kind = self.inodes[i].st_mode & S_IFMT;
+            let dir = (kind == S_IFDIR).then(|| dir_size(self.dirents_of(&self.inodes[i])));
             let inode = &mut self.inodes[i];
-            let kind = inode.st_mode & S_IFMT;
             (inode.n_blocks, inode.tail) = match kind {
-                S_IFDIR => dir_size(&inode.dirents),
+                S_IFDIR => dir.expect("sized above"),
                 S_IFLNK => (0, inode.size),
                 S_IFREG if inode.size > 0 => (0, chunking(inode.size).1 * 4),
                 _ => (0, 0),
@@ -436,8 +497,8 @@ impl<'a> Image<'a> {
                 && inode.gid <= u16::MAX as u32
                 && size <= u32::MAX as u64;
             let inode_size = if inode.compact { COMPACT_SIZE } else { EXTENDED_SIZE };
-            let n_shared = inode.xattrs.iter().filter(|x| x.shared.is_some()).count() as u64;
-            let unshared: u64 = inode.xattrs.iter().filter(|x| x.shared.is_none()).map(|x| xattr_entry_size(&x.key, x.value.len())).sum();
+            let n_shared = xattrs.iter().filter(|x| x.shared.is_some()).count() as u64;
+            let unshared: u64 = xattrs.iter().filter(|x| x.shared.is_none()).map(|x| xattr_entry_size(&x.key, x.value.len())).sum();
             inode.xattr_size = if n_shared == 0 && unshared == 0 { 0 } else { round_up(XATTR_HEADER_SIZE + n_shared * 4 + unshared, 4) };
             if inode.xattr_size > 0 && (inode.xattr_size - XATTR_HEADER_SIZE) / 4 + 1 > u16::MAX as u64 {
                 bail!("{}: too many xattrs for a composefs inode", self.path_of(i, None));
@@ -458,6 +519,12 @@ impl<'a> Image<'a> {
             bail!("the composefs root inode does not fit in the superblock");
         }
         Ok(())
+    }
+
+    /// A directory's entries.
+    fn dirents_of(&self, dir: &Inode) -> &[(&'a [u8], u32)] {
+        let (start, len) = dir.dirents;
+        &self.dirents[start as usize..(start + len) as usize]
     }
 
     /// The image's size in bytes.
@@ -500,9 +567,8 @@ impl<'a> Image<'a> {
         }
         out.align(SLOT)?;
         debug_assert_eq!(out.pos, self.inodes_end);
-        for &(i, j) in &self.shared {
-            let x = &self.inodes[i].xattrs[j];
-            write_xattr(&mut out, &x.key, &x.value)?;
+        for (key, value) in &self.shared {
+            write_xattr(&mut out, key, value)?;
         }
         out.align(BLOCK)?;
         debug_assert_eq!(out.pos, data_start);
@@ -572,17 +638,18 @@ impl<'a> Image<'a> {
         }
 
         if inode.xattr_size > 0 {
+            let xattrs = self.placed_xattrs(i);
             let start = out.pos;
             let mut h = [0u8; XATTR_HEADER_SIZE as usize];
-            h[0..4].copy_from_slice(&name_filter(&inode.xattrs).to_le_bytes());
-            h[4] = inode.xattrs.iter().filter(|x| x.shared.is_some()).count() as u8;
+            h[0..4].copy_from_slice(&name_filter(&xattrs).to_le_bytes());
+            h[4] = xattrs.iter().filter(|x| x.shared.is_some()).count() as u8;
             out.put(&h)?;
-            for x in &inode.xattrs {
+            for x in &xattrs {
                 if let Some(o) = x.shared {
                     out.put(&(((self.inodes_end % BLOCK + o) / 4) as u32).to_le_bytes())?;
                 }
             }
-            for x in inode.xattrs.iter().filter(|x| x.shared.is_none()) {
+            for x in xattrs.iter().filter(|x| x.shared.is_none()) {
                 write_xattr(out, &x.key, &x.value)?;
             }
             debug_assert_eq!(out.pos - start, inode.xattr_size);
@@ -663,7 +730,8 @@ impl<'a> Image<'a> {
             Some(d) => write!(line, " {}", hex::encode(d))?,
             None => line.extend_from_slice(b" -"),
         }
-        let own = inode.xattrs.iter().filter(|x| !x.added);
+        let xattrs = self.placed_xattrs(i);
+        let own = xattrs.iter().filter(|x| !x.added);
         for x in own.clone().filter(|x| x.shared.is_none()).chain(own.filter(|x| x.shared.is_some())) {
             let key = match x.key.strip_prefix(ESCAPED_PREFIX) {
                 Some(rest) => Cow::Owned([OVERLAY_PREFIX, rest].concat()),
@@ -676,7 +744,7 @@ impl<'a> Image<'a> {
         }
         line.push(b'\n');
         w.write_all(&line)?;
-        for (name, target) in &inode.dirents {
+        for (name, target) in self.dirents_of(inode) {
             if *name == b"." || *name == b".." {
                 continue;
             }
@@ -685,7 +753,7 @@ impl<'a> Image<'a> {
                 child.push(b'/');
             }
             child.extend_from_slice(name);
-            self.dump_inode(w, *target, &child)?;
+            self.dump_inode(w, *target as usize, &child)?;
         }
         Ok(())
     }
@@ -704,8 +772,8 @@ impl Inode<'_> {
             mtime: Mtime::default(),
             size: 0,
             rdev: 0,
-            xattrs: Vec::new(),
-            dirents: Vec::new(),
+            dirents: (0, 0),
+            whiteout_parent: false,
             n_blocks: 0,
             tail: 0,
             compact: true,
@@ -740,7 +808,7 @@ fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
 
 /// A directory's full blocks and inline tail (compute_erofs_dir_size): dirents fill 4 KiB
 /// blocks in order; a last partial block over half a block is not inlined.
-fn dir_size(dirents: &[(&[u8], usize)]) -> (u64, u64) {
+fn dir_size(dirents: &[(&[u8], u32)]) -> (u64, u64) {
     let mut blocks = 0;
     let mut used = 0;
     for (name, _) in dirents {
@@ -847,7 +915,7 @@ fn write_xattr(out: &mut Out, key: &[u8], value: &[u8]) -> io::Result<()> {
 
 /// Writes a directory's full blocks (`blocks`) or its inline tail (write_erofs_dentries).
 fn write_dirents(out: &mut Out, image: &Image, dir: &Inode, blocks: bool) -> io::Result<()> {
-    let entries = &dir.dirents;
+    let entries = image.dirents_of(dir);
     let mut used = 0;
     let mut written = 0;
     let mut first = 0;
@@ -876,10 +944,10 @@ fn write_dirents(out: &mut Out, image: &Image, dir: &Inode, blocks: bool) -> io:
     Ok(())
 }
 
-fn write_dirent_chunk(out: &mut Out, image: &Image, entries: &[(&[u8], usize)], align: u64) -> io::Result<()> {
+fn write_dirent_chunk(out: &mut Out, image: &Image, entries: &[(&[u8], u32)], align: u64) -> io::Result<()> {
     let mut nameoff = (entries.len() as u64 * DIRENT_SIZE) as u16;
     for (name, target) in entries {
-        let t = &image.inodes[*target];
+        let t = &image.inodes[*target as usize];
         let mut d = [0u8; DIRENT_SIZE as usize];
         d[0..8].copy_from_slice(&t.nid.to_le_bytes());
         d[8..10].copy_from_slice(&nameoff.to_le_bytes());

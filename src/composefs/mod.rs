@@ -14,6 +14,7 @@ pub mod dump;
 pub mod erofs;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One inode of the tree to encode. Entries have no hardlinks (ostree's trees have none: each
 /// path is its own inode) and no inline content: regular files point at a backing file.
@@ -27,8 +28,61 @@ pub struct Node {
     pub nlink: u32,
     pub mtime: Mtime,
     /// Extended attributes by name.
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub xattrs: Xattrs,
     pub kind: Kind,
+}
+
+/// A node's extended attributes by name, shared between nodes: an image's thousands of files
+/// with the same SELinux label hold one map, not one each ([`Xattrs::shared`]). Reads go
+/// through the map (`Deref`); [`Xattrs::insert`] copies it first when it is shared.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Xattrs(Option<Arc<BTreeMap<Vec<u8>, Vec<u8>>>>);
+
+static NO_XATTRS: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+
+impl Xattrs {
+    /// The same xattrs as `map`, sharing its allocation.
+    pub fn shared(map: &Arc<BTreeMap<Vec<u8>, Vec<u8>>>) -> Xattrs {
+        Xattrs(Some(Arc::clone(map)))
+    }
+
+    /// Whether the two hold one map (not only equal ones).
+    pub fn shares_with(&self, other: &Xattrs) -> bool {
+        matches!((&self.0, &other.0), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
+    }
+
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default)).insert(key, value)
+    }
+}
+
+impl std::ops::Deref for Xattrs {
+    type Target = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().unwrap_or(&NO_XATTRS)
+    }
+}
+
+impl From<BTreeMap<Vec<u8>, Vec<u8>>> for Xattrs {
+    fn from(map: BTreeMap<Vec<u8>, Vec<u8>>) -> Xattrs {
+        Xattrs((!map.is_empty()).then(|| Arc::new(map)))
+    }
+}
+
+impl FromIterator<(Vec<u8>, Vec<u8>)> for Xattrs {
+    fn from_iter<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(iter: I) -> Xattrs {
+        BTreeMap::from_iter(iter).into()
+    }
+}
+
+impl<'a> IntoIterator for &'a Xattrs {
+    type Item = (&'a Vec<u8>, &'a Vec<u8>);
+    type IntoIter = std::collections::btree_map::Iter<'a, Vec<u8>, Vec<u8>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,7 +123,7 @@ pub const S_IFSOCK: u32 = 0o140000;
 impl Node {
     /// A directory with no entries.
     pub fn dir(mode: u32, uid: u32, gid: u32) -> Node {
-        Node { mode, uid, gid, nlink: 1, mtime: Mtime::default(), xattrs: BTreeMap::new(), kind: Kind::Dir(BTreeMap::new()) }
+        Node { mode, uid, gid, nlink: 1, mtime: Mtime::default(), xattrs: Xattrs::default(), kind: Kind::Dir(BTreeMap::new()) }
     }
 
     /// The file type bits of `st_mode`.

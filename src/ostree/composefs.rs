@@ -13,15 +13,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use super::object::{self, hex, Checksum};
 use super::repo::Repo;
-use crate::composefs::{self, Kind, Mtime, Node};
+use crate::composefs::{self, Kind, Mtime, Node, Xattrs};
 use crate::fsverity;
 use crate::tree::{self, Dir, Meta};
 
@@ -38,7 +40,7 @@ pub type ObjectVerity = HashMap<Checksum, [u8; 32]>;
 /// consumed as it is converted (each directory's entries freed once moved), so the two whole
 /// trees are never in memory at once.
 pub fn image_tree(root: Dir, verity: Option<&ObjectVerity>) -> Node {
-    let mut node = dir_node(root, verity);
+    let mut node = dir_node(root, verity, &mut SharedXattrs::default());
     let entries = node.entries_mut().expect("a directory");
     for name in ROOT_DIRS {
         entries.entry(name.as_bytes().to_vec()).or_insert_with(|| Node::dir(0o755, 0, 0));
@@ -46,25 +48,52 @@ pub fn image_tree(root: Dir, verity: Option<&ObjectVerity>) -> Node {
     node
 }
 
-fn base(meta: Meta, kind: Kind) -> Node {
+/// The xattr sets converted so far, by hash: the nodes with the same set (an SELinux label
+/// on thousands of files) share one map.
+#[derive(Default)]
+struct SharedXattrs(HashMap<u64, Arc<BTreeMap<Vec<u8>, Vec<u8>>>>);
+
+impl SharedXattrs {
+    fn get(&mut self, list: Vec<(Vec<u8>, Vec<u8>)>) -> Xattrs {
+        if list.is_empty() {
+            return Xattrs::default();
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        list.hash(&mut h);
+        let key = h.finish();
+        match self.0.get(&key) {
+            // The list is sorted by name, as the map iterates.
+            Some(map) if map.len() == list.len() && map.iter().zip(&list).all(|((k, v), (lk, lv))| k == lk && v == lv) => Xattrs::shared(map),
+            // Another set with the same hash: this one is not shared.
+            Some(_) => list.into_iter().collect(),
+            None => {
+                let map = Arc::new(list.into_iter().collect::<BTreeMap<_, _>>());
+                self.0.insert(key, Arc::clone(&map));
+                Xattrs::shared(&map)
+            }
+        }
+    }
+}
+
+fn base(meta: Meta, kind: Kind, shared: &mut SharedXattrs) -> Node {
     Node {
         mode: meta.mode & 0o7777,
         uid: meta.uid,
         gid: meta.gid,
         nlink: 1,
         mtime: Mtime::default(),
-        xattrs: meta.xattrs.into_iter().collect(),
+        xattrs: shared.get(meta.xattrs),
         kind,
     }
 }
 
-fn dir_node(dir: Dir, verity: Option<&ObjectVerity>) -> Node {
+fn dir_node(dir: Dir, verity: Option<&ObjectVerity>, shared: &mut SharedXattrs) -> Node {
     let entries: BTreeMap<Vec<u8>, Node> = dir
         .entries
         .into_iter()
         .map(|(name, node)| {
             let n = match node {
-                tree::Node::Dir(d) => dir_node(d, verity),
+                tree::Node::Dir(d) => dir_node(d, verity, shared),
                 tree::Node::File(f) => {
                     let kind = Kind::Regular {
                         size: f.size,
@@ -73,15 +102,15 @@ fn dir_node(dir: Dir, verity: Option<&ObjectVerity>) -> Node {
                         payload: (f.size > 0).then(|| format!("/{}", object_path(&f.content)).into_bytes()),
                         verity: verity.and_then(|v| v.get(&f.content).copied()).filter(|_| f.size > 0),
                     };
-                    base(f.meta, kind)
+                    base(f.meta, kind, shared)
                 }
                 // A symlink object's mode is what lstat says of a symlink: 0777.
-                tree::Node::Symlink(s) => Node { mode: 0o777, ..base(s.meta, Kind::Symlink(s.target)) },
+                tree::Node::Symlink(s) => Node { mode: 0o777, ..base(s.meta, Kind::Symlink(s.target), shared) },
             };
             (name, n)
         })
         .collect();
-    base(dir.meta, Kind::Dir(entries))
+    base(dir.meta, Kind::Dir(entries), shared)
 }
 
 /// An object's path relative to `objects/` in a bare repository: `xx/yyyy….file`.
@@ -194,7 +223,7 @@ mod tests {
         let label = (b"security.selinux".to_vec(), b"system_u:object_r:usr_t:s0\0".to_vec());
         let mut usr = Dir { meta: Meta { mode: 0o755, xattrs: vec![label.clone()], ..Meta::default() }, ..Dir::default() };
         usr.entries.insert(b"empty".to_vec(), tree::Node::File(File { meta: Meta { mode: 0o644, ..Meta::default() }, size: 0, content: [1; 32] }));
-        usr.entries.insert(b"data".to_vec(), tree::Node::File(File { meta: Meta { mode: 0o4755, mtime: 99, ..Meta::default() }, size: 5, content: [0xab; 32] }));
+        usr.entries.insert(b"data".to_vec(), tree::Node::File(File { meta: Meta { mode: 0o4755, mtime: 99, xattrs: vec![label.clone()], ..Meta::default() }, size: 5, content: [0xab; 32] }));
         usr.entries.insert(b"link".to_vec(), tree::Node::Symlink(Symlink { meta: Meta { mode: 0o644, ..Meta::default() }, target: b"data".to_vec() }));
         let mut root = Dir { meta: Meta { mode: 0o755, ..Meta::default() }, ..Dir::default() };
         root.entries.insert(b"usr".to_vec(), tree::Node::Dir(usr));
@@ -210,5 +239,8 @@ mod tests {
         assert_eq!(usr[b"data".as_slice()].mode, 0o4755);
         assert!(matches!(&usr[b"empty".as_slice()].kind, Kind::Regular { payload: None, .. }));
         assert_eq!(usr[b"link".as_slice()].mode, 0o777);
+        // The same label set is one map, shared.
+        let data = &usr[b"data".as_slice()].xattrs;
+        assert!(e[b"usr".as_slice()].xattrs.shares_with(data) && !data.shares_with(&usr[b"empty".as_slice()].xattrs));
     }
 }
