@@ -29,6 +29,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::cpio::CpioWriter;
+use super::elf::{self, Elf};
 use super::{Content, IsoFile, IsoSpec};
 use crate::bake;
 use crate::bootloader::{self, core_image, image_files::ImageRoot};
@@ -127,7 +128,7 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     }
     let settings = IsoSettings { target: args.iso_target_disk.clone(), kargs: args.kargs.clone(), filesystem: args.rootfs.clone(), medium_id: medium_id.clone(), target_imgref };
     let kiln_img = run_dir.join("kiln.img");
-    write_kiln_img(&kiln_img, &settings, &image_root, unix_time)?;
+    write_kiln_img(&kiln_img, &settings, &image_root, unix_time, run_dir)?;
 
     let mut files = vec![
         IsoFile { path: "boot/grub/grub.cfg".into(), content: Content::Bytes(menu_config(&menu_title(&image, &root), &medium_id).into_bytes()) },
@@ -382,7 +383,7 @@ fn write_esp(path: &Path, efi: &bootloader::RemovableEfi, config: &str, ids: &Id
 }
 
 /// `kiln.img`: the settings, the units and kiln with the libraries and loader it runs with.
-fn write_kiln_img(path: &Path, settings: &IsoSettings, image: &ImageRoot, unix_time: i64) -> Result<()> {
+fn write_kiln_img(path: &Path, settings: &IsoSettings, image: &ImageRoot, unix_time: i64, run_dir: &Path) -> Result<()> {
     let out = std::io::BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
     let mut cpio = CpioWriter::new(out, unix_time.clamp(0, u32::MAX as i64) as u32);
     let tools = image_tools(image)?;
@@ -403,7 +404,7 @@ fn write_kiln_img(path: &Path, settings: &IsoSettings, image: &ImageRoot, unix_t
     text(&mut cpio, SETTINGS_PATH, &toml::to_string(settings)?)?;
     text(&mut cpio, &format!("etc/systemd/system/{TARGET_UNIT}"), &target_unit())?;
     text(&mut cpio, &format!("etc/systemd/system/{SERVICE_UNIT}"), &service_unit())?;
-    for (name, host) in kiln_bundle()? {
+    for (name, host) in kiln_bundle(run_dir)? {
         let mut f = File::open(&host).with_context(|| format!("cannot open {}", host.display()))?;
         let size = f.metadata()?.len();
         cpio.file(&format!("{BUNDLE_DIR}/{name}"), 0o755, size, &mut f)?;
@@ -443,15 +444,17 @@ fn service_unit() -> String {
 /// libraries may be older than what kiln was built against).
 const LOADER: &str = "ld.so";
 
-/// The running kiln, its loader and the libraries it needs (by their sonames), as
-/// (name in the bundle, host file). The loader lists the libraries (`--list`, what ldd does):
-/// its search is the one kiln ran with.
-fn kiln_bundle() -> Result<Vec<(String, PathBuf)>> {
+/// The running kiln (a copy in `run_dir` without its debug info), its loader and the libraries
+/// it needs (by their sonames), as (name in the bundle, host file). The loader lists the
+/// libraries (`--list`, what ldd does): its search is the one kiln ran with.
+fn kiln_bundle(run_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let exe = std::env::current_exe().context("cannot find the running kiln")?;
-    let interp = elf_interpreter(&exe)?.with_context(|| format!("{} has no ELF interpreter: a static kiln needs no bundle, but this build is not one", exe.display()))?;
+    let interp = Elf::read(&exe)?.interpreter.with_context(|| format!("{} has no ELF interpreter: a static kiln needs no bundle, but this build is not one", exe.display()))?;
     let out = Command::new(&interp).arg("--list").arg(&exe).output().with_context(|| format!("running {} --list", interp.display()))?;
     ensure!(out.status.success(), "{} --list {} failed: {}", interp.display(), exe.display(), String::from_utf8_lossy(&out.stderr));
-    let mut bundle = vec![("kiln".to_string(), exe.clone()), (LOADER.to_string(), interp.clone())];
+    let stripped = run_dir.join("kiln-bundled");
+    elf::copy_without_debug_info(&exe, &stripped)?;
+    let mut bundle = vec![("kiln".to_string(), stripped), (LOADER.to_string(), interp.clone())];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         // "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)"; the vDSO and the loader
         // itself have no "=>".
@@ -497,54 +500,6 @@ fn image_tools(image: &ImageRoot) -> Result<Vec<(String, ToolFile)>> {
         out.push((path, ToolFile::Image(host)));
     }
     Ok(out)
-}
-
-/// What kiln reads of an ELF file (64-bit little-endian): its loader and the libraries it
-/// names (`DT_NEEDED`).
-struct Elf {
-    interpreter: Option<PathBuf>,
-    needed: Vec<String>,
-}
-
-impl Elf {
-    fn read(path: &Path) -> Result<Elf> {
-        let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Elf::parse(&data).with_context(|| format!("{} is not an ELF file kiln can read (64-bit little-endian)", path.display()))
-    }
-
-    fn parse(data: &[u8]) -> Option<Elf> {
-        let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
-        let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
-        let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
-        let c_str = |o: usize| data.get(o..).map(|b| String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default()).into_owned());
-        if data.get(..6)? != b"\x7fELF\x02\x01" {
-            return None;
-        }
-        let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)? as usize, u16_at(0x38)? as usize);
-        // (type, file offset, virtual address, size in the file)
-        let headers: Vec<(u32, u64, u64, u64)> =
-            (0..phnum).map(|i| phoff + i * phentsize).map(|ph| Some((u32_at(ph)?, u64_at(ph + 8)?, u64_at(ph + 16)?, u64_at(ph + 32)?))).collect::<Option<_>>()?;
-        let interpreter = headers.iter().find(|h| h.0 == 3).and_then(|h| c_str(h.1 as usize)).map(PathBuf::from);
-        let mut needed = Vec::new();
-        if let Some(&(_, offset, _, size)) = headers.iter().find(|h| h.0 == 2) {
-            let entries: Vec<(u64, u64)> = (0..size as usize / 16).map(|i| Some((u64_at(offset as usize + i * 16)?, u64_at(offset as usize + i * 16 + 8)?))).collect::<Option<_>>()?;
-            let strtab = entries.iter().find(|e| e.0 == 5)?.1;
-            // The string table's address, as a file offset through the segment loading it.
-            let load = headers.iter().find(|h| h.0 == 1 && h.2 <= strtab && strtab < h.2 + h.3)?;
-            let strtab = (strtab - load.2 + load.1) as usize;
-            for &(tag, value) in entries.iter().take_while(|e| e.0 != 0) {
-                if tag == 1 {
-                    needed.push(c_str(strtab + value as usize)?);
-                }
-            }
-        }
-        Some(Elf { interpreter, needed })
-    }
-}
-
-/// An ELF file's `PT_INTERP` (its dynamic loader), `None` for a static one.
-fn elf_interpreter(path: &Path) -> Result<Option<PathBuf>> {
-    Ok(Elf::read(path)?.interpreter)
 }
 
 /// The payload: the image as an OCI layout with its manifest, config and layer blobs as
