@@ -101,6 +101,10 @@ pub struct BakeArgs {
     /// stops.
     #[arg(long, value_name = "auto|DEVICE")]
     pub iso_target_disk: Option<String>,
+    /// `--type iso`: the installer reboots once the system is installed (default: it powers
+    /// off, so the medium can be removed first).
+    #[arg(long)]
+    pub iso_reboot: bool,
     /// `install to-disk --root-size`: the root partition's size, the rest of the disk left
     /// unallocated (a bake sizes its disk instead).
     #[arg(skip)]

@@ -100,7 +100,20 @@ fn iso_is_reproducible_and_carries_the_image_as_published() {
     let settings = fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap();
     assert!(settings.contains("target = \"auto\"") && settings.contains(&format!("medium_id = \"{medium_id}\"")), "{settings}");
     assert!(settings.contains(&format!("target_imgref = \"{TARGET_IMGREF}\"")), "{settings}");
-    assert_eq!(sha(&unpacked.join("usr/lib/kiln/kiln")), sha(Path::new(env!("CARGO_BIN_EXE_kiln"))));
+    // The bundled kiln is this kiln without its debug info: objcopy finds the same loaded
+    // bytes in both, readelf no debug section with content in the bundled one.
+    let (bundled, built) = (unpacked.join("usr/lib/kiln/kiln"), Path::new(env!("CARGO_BIN_EXE_kiln")));
+    let loaded = |elf: &Path, name: &str| {
+        let out = s.path().join(name);
+        run(Command::new("objcopy").args(["-O", "binary"]).arg(elf).arg(&out));
+        sha(&out)
+    };
+    assert_eq!(loaded(&bundled, "bundled.bin"), loaded(built, "built.bin"), "the bundled kiln's loaded bytes differ from the built one's");
+    let sections = run(Command::new("readelf").args(["-SW"]).arg(&bundled));
+    let debug_bytes: u64 = sections.lines().filter(|l| l.contains(" .debug_") && !l.contains(".debug_gdb_scripts")).map(|l| u64::from_str_radix(l.split(']').nth(1).unwrap().split_whitespace().nth(4).unwrap(), 16).unwrap()).sum();
+    assert_eq!(debug_bytes, 0, "the bundled kiln carries debug info:\n{sections}");
+    let (bundled_size, built_size) = (fs::metadata(&bundled).unwrap().len(), fs::metadata(built).unwrap().len());
+    println!("bundled kiln: {bundled_size} bytes (built: {built_size})");
     // The bundle runs on its own: the loader finds every library in the bundle.
     let bundle = unpacked.join("usr/lib/kiln");
     let version = run(Command::new(bundle.join("ld.so")).arg("--library-path").arg(&bundle).arg(bundle.join("kiln")).arg("--version"));
@@ -165,6 +178,15 @@ fn iso_refuses_images_it_cannot_make_an_installer_of() {
     bake_fails(&s, &image, &["--type", "iso"], &["initramfs.img cannot host kiln's installer", "no /usr/lib/systemd/systemd"]);
 }
 
+/// A boot that installs onto `target`: the guest's writes kept, memory and time for the install.
+fn install_boot<'a>(target: &'a Path, firmware: Firmware, name: &str) -> Boot<'a> {
+    let mut boot = Boot::new(target, firmware, name);
+    boot.image_writable = true;
+    boot.memory_mib = 2048;
+    boot.timeout = boot.timeout.max(std::time::Duration::from_secs(2400));
+    boot
+}
+
 /// The unattended ISO (`--iso-target-disk auto`) as a CD under UEFI, an empty disk first in the
 /// boot order: the installer installs onto that disk and powers off; the disk then boots alone,
 /// with the variable store the install wrote, and every probe check passes.
@@ -175,11 +197,8 @@ fn iso_installs_unattended_from_cd_under_uefi() {
     let target = s.path().join("target.raw");
     fs::File::create(&target).unwrap().set_len(8 << 30).unwrap();
     let vars = s.path().join("OVMF_VARS.fd");
-    let mut installer = Boot::new(&target, Firmware::Uefi, "installer-iso-install");
+    let mut installer = install_boot(&target, Firmware::Uefi, "installer-iso-install");
     installer.cdrom = Some(iso);
-    installer.image_writable = true;
-    installer.memory_mib = 2048;
-    installer.timeout = installer.timeout.max(std::time::Duration::from_secs(2400));
     installer.vars = Some(vars.clone());
     let tail = installer.until_console("kiln installer: installed onto /dev/vda; powering off").unwrap_or_else(|e| panic!("{e}"));
     println!("{tail}");
@@ -197,8 +216,8 @@ fn allocated_blocks(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks()
 }
 
-/// `auto` with two disks that fit: the installer lists the disks on the console and stops;
-/// neither disk is written.
+/// `auto` with two disks that fit, the ISO as a CD under BIOS (SeaBIOS: El Torito's GRUB
+/// core): the installer lists the disks on the console and stops; neither disk is written.
 #[test]
 fn iso_with_two_candidate_disks_lists_them_and_writes_nothing() {
     let s = Scratch::new("installer-iso-two-disks");
@@ -207,14 +226,110 @@ fn iso_with_two_candidate_disks_lists_them_and_writes_nothing() {
     for d in [&first, &second] {
         fs::File::create(d).unwrap().set_len(8 << 30).unwrap();
     }
-    let mut boot = Boot::new(&first, Firmware::Uefi, "installer-iso-two-disks");
+    let mut boot = Boot::new(&first, Firmware::Bios, "installer-iso-two-disks");
     boot.cdrom = Some(iso);
     boot.image_writable = true;
     boot.extra_disks = vec![(second.clone(), true)];
     let tail = boot.until_console("nothing was written").unwrap_or_else(|e| panic!("{e}"));
     println!("{tail}");
-    for want in ["the target is auto, but 2 disks fit", "/dev/vda  8 GiB", "/dev/vdb  8 GiB"] {
+    for want in ["the target is auto, but 2 disks fit", "/dev/vda  8 GiB", "/dev/vdb  8 GiB", "kiln installer: the medium is /dev/sr0"] {
         assert!(tail.contains(want), "the console lacks {want:?}:\n{tail}");
     }
     assert_eq!((allocated_blocks(&first), allocated_blocks(&second)), (0, 0), "the installer wrote to a disk");
+}
+
+/// Where an ISO 9660 volume's El Torito boot record names its specification ("EL TORITO
+/// SPECIFICATION" in the descriptor at block 17): a firmware that does not find it there
+/// sees no El Torito catalog.
+const EL_TORITO_ID: u64 = 17 * 2048 + 7;
+
+/// The ISO `dd`'d to a USB stick, its El Torito record disabled (so OVMF must boot the GPT's
+/// ESP, as on a stick whose firmware ignores El Torito), under Secure Boot with Microsoft's keys
+/// (the image's signed shim, GRUB and kernel), the target named but too small for the image:
+/// the installer finds its medium on the stick, says why it stops on the console, and the
+/// target is not written.
+#[test]
+fn iso_as_usb_stick_boots_under_secure_boot_and_refuses_a_small_target() {
+    let s = Scratch::new("installer-iso-usb");
+    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "/dev/vda"]);
+    let stick = s.path().join("stick.img");
+    fs::copy(&iso, &stick).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&stick).unwrap();
+        f.write_all_at(b"NO", EL_TORITO_ID).unwrap();
+    }
+    let d = run(Command::new("isoinfo").arg("-d").arg("-i").arg(&stick));
+    assert!(!d.contains("El Torito"), "the stick still has an El Torito record:\n{d}");
+    let target = s.path().join("small.raw");
+    fs::File::create(&target).unwrap().set_len(1 << 30).unwrap();
+    let mut boot = Boot::new(&target, Firmware::Uefi, "installer-iso-usb");
+    boot.usb = Some(stick);
+    boot.secure_boot = true;
+    boot.image_writable = true;
+    let tail = boot.until_console("choose a disk of at least").unwrap_or_else(|e| panic!("{e}"));
+    println!("{tail}");
+    let console = String::from_utf8_lossy(&fs::read(boot.log_dir.join("installer-iso-usb-uefi.console.log")).unwrap()).into_owned();
+    for want in ["Secure boot enabled", "kiln installer: the medium is /dev/sd", "kiln installer: installing onto /dev/vda", "nothing was written to /dev/vda: /dev/vda is too small: it has 1024 MiB"] {
+        assert!(console.contains(want), "the console lacks {want:?}:\n{tail}");
+    }
+    assert_eq!(allocated_blocks(&target), 0, "the installer wrote to the disk it refused");
+}
+
+/// The ISO's files `osirrox` extracts, and kiln.img unpacked by GNU cpio, below `dir`.
+fn unpack_iso(iso: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let tree = dir.join("tree");
+    run(Command::new("osirrox").arg("-indev").arg(iso).args(["-extract", "/boot"]).arg(&tree));
+    let unpacked = dir.join("kiln-img");
+    fs::create_dir_all(&unpacked).unwrap();
+    run(Command::new("sh").arg("-c").arg(format!("cd {} && cpio -id --quiet < {}", unpacked.display(), tree.join("kiln.img").display())));
+    (tree, unpacked)
+}
+
+/// The install settings from the build config's `[customizations.installer]`, as the ISO
+/// carries them (iso.toml and the unit in kiln.img, GRUB's menu); the `--iso-*` options
+/// before the config's; a config target only when the config says the install is unattended.
+#[test]
+fn iso_takes_its_install_settings_from_the_config_file() {
+    let s = Scratch::new("installer-iso-config");
+    let config = s.path().join("config.toml");
+    fs::write(&config, "[customizations.installer]\nunattended = true\ntarget-disk = \"/dev/sdb\"\nwipe = true\nkargs = [\"quiet\", \"kiln.test=1\"]\nfilesystem = \"xfs\"\nfinish = \"reboot\"\n").unwrap();
+    let iso = bake_iso(s.path(), "config", &["--config", config.to_str().unwrap()]);
+    let (tree, unpacked) = unpack_iso(&iso, &s.path().join("config-files"));
+    let settings: toml::Value = toml::from_str(&fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap()).unwrap();
+    assert_eq!(settings["target"].as_str(), Some("/dev/sdb"), "{settings}");
+    assert_eq!(settings["filesystem"].as_str(), Some("xfs"), "{settings}");
+    assert_eq!((settings["wipe"].as_bool(), settings["reboot"].as_bool()), (Some(true), Some(true)), "{settings}");
+    let unit = fs::read_to_string(unpacked.join("etc/systemd/system/kiln-install.service")).unwrap();
+    assert!(unit.lines().any(|l| l == "SuccessAction=reboot"), "{unit}");
+    // The config's kargs are the installer's own boot's: GRUB's menu has them.
+    let cfg = fs::read_to_string(tree.join("grub/grub.cfg")).unwrap();
+    let linux = cfg.lines().find(|l| l.trim_start().starts_with("linux ")).unwrap();
+    assert!(linux.ends_with(" rd.luks=0 quiet kiln.test=1"), "{cfg}");
+
+    // The options before the config's; not unattended: the config's target is not used.
+    fs::write(&config, "[customizations.installer]\ntarget-disk = \"/dev/sdb\"\nfilesystem = \"xfs\"\n").unwrap();
+    let out = s.path().join("options");
+    let image = format!("oci:{}:latest", test_image().join("oci").display());
+    let o = kiln(&["bake", "--type", "iso", "--config", config.to_str().unwrap(), "--rootfs", "btrfs", "--output", out.to_str().unwrap(), &image]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("customizations.installer.target-disk \"/dev/sdb\" is not used: the install is not unattended"), "{stderr}");
+    let (_, unpacked) = unpack_iso(&out.join("bootiso/install.iso"), &s.path().join("options-files"));
+    let settings: toml::Value = toml::from_str(&fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap()).unwrap();
+    assert_eq!(settings.get("target"), None, "{settings}");
+    assert_eq!(settings["filesystem"].as_str(), Some("btrfs"), "{settings}");
+    assert_eq!((settings["wipe"].as_bool(), settings["reboot"].as_bool()), (Some(false), Some(false)), "{settings}");
+    let unit = fs::read_to_string(unpacked.join("etc/systemd/system/kiln-install.service")).unwrap();
+    assert!(unit.lines().any(|l| l == "SuccessAction=poweroff"), "{unit}");
+
+    // --iso-reboot without a config; the installer wipes the disk it is told to use.
+    let iso = bake_iso(s.path(), "reboot", &["--iso-reboot", "--iso-target-disk", "auto"]);
+    let (_, unpacked) = unpack_iso(&iso, &s.path().join("reboot-files"));
+    let settings: toml::Value = toml::from_str(&fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap()).unwrap();
+    assert_eq!((settings["target"].as_str(), settings["wipe"].as_bool(), settings["reboot"].as_bool()), (Some("auto"), Some(true), Some(true)), "{settings}");
+
+    // What the ISO cannot do yet is refused, naming the key.
+    fs::write(&config, "[customizations.installer]\nenroll-mok = true\n").unwrap();
+    bake_fails(&s, &image, &["--type", "iso", "--config", config.to_str().unwrap()], &["customizations.installer.enroll-mok", "does not enroll MOK keys yet"]);
 }

@@ -123,6 +123,11 @@ impl Disk {
         }
     }
 
+    /// Whether kiln has written to the device (an image: always false, it is kiln's own file).
+    pub fn written(&self) -> bool {
+        matches!(&self.target, Target::Device(d) if d.touched.get())
+    }
+
     /// After a failed write: a device kiln wrote to is left with an empty GPT and no boot code,
     /// its partitions forgotten by the kernel, so no firmware boots a half-written disk. The
     /// caller has unmounted everything. An image needs nothing: it never gets a name.

@@ -5,8 +5,8 @@
 //!
 //! Then it picks the target (`kiln.install.disk=`, else the settings; `auto`: the only fixed
 //! disk large enough that is not the medium; none: it lists the disks and stops), mounts the
-//! medium read-only and runs `install to-disk --wipe` with the payload on it. The unit powers
-//! the machine off when this succeeds.
+//! medium read-only and runs `install to-disk` (`--wipe` when the settings say so) with the
+//! payload on it. The unit powers the machine off (or reboots it) when this succeeds.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,7 +59,10 @@ pub fn run(progress: &Progress) -> Result<()> {
     std::fs::create_dir_all(mount_point).with_context(|| format!("cannot create {MEDIUM_MOUNT}"))?;
     mount_iso(&medium, mount_point)?;
     let image = format!("oci:{}", mount_point.join(PAYLOAD_DIR).display());
-    let mut argv: Vec<String> = vec!["to-disk".into(), "--wipe".into()];
+    let mut argv: Vec<String> = vec!["to-disk".into()];
+    if settings.wipe {
+        argv.push("--wipe".into());
+    }
     if let Some(fs) = &settings.filesystem {
         argv.extend(["--filesystem".into(), fs.clone()]);
     }
@@ -73,7 +76,7 @@ pub fn run(progress: &Progress) -> Result<()> {
     let matches = ToDiskArgs::augment_args(clap::Command::new("to-disk")).try_get_matches_from(&argv)?;
     let args = ToDiskArgs::from_arg_matches(&matches)?;
     super::to_disk(&args, progress)?;
-    progress.info(&format!("kiln installer: installed onto {}; powering off", target.display()));
+    progress.info(&format!("kiln installer: installed onto {}; {}", target.display(), if settings.reboot { "rebooting" } else { "powering off" }));
     Ok(())
 }
 

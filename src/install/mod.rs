@@ -55,6 +55,10 @@ pub fn to_disk(args: &ToDiskArgs, progress: &Progress) -> Result<()> {
         }
         Err(e) => e,
     };
+    // Refused before the first write (too small, say): the disk is as it was.
+    if !disk.written() {
+        return Err(e.context(format!("nothing was written to {}", disk.name)));
+    }
     if args.preserve_on_error {
         progress.warn(&format!("--preserve-on-error: {} keeps what was written before the failure", disk.name));
         return Err(e);

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Secure Boot: the firmware that enforces it (SMM-protected variables) and a store with
+/// Microsoft's keys enrolled, the ones a distribution's shim is signed with.
+const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 /// Bookworm's template is blank (the firmware formats it on first boot); a copy is made per
 /// boot: a variable store from a boot with other devices can send AAVMF to its shell.
@@ -184,6 +188,11 @@ pub struct Boot<'a> {
     /// An ISO attached as an IDE CD, booted after the image (the image gets boot index 1,
     /// the CD 2: an empty image falls through to the CD).
     pub cdrom: Option<PathBuf>,
+    /// An image attached as a USB stick (xHCI mass storage, read-only), booted after the
+    /// image as `cdrom` is.
+    pub usb: Option<PathBuf>,
+    /// UEFI with Secure Boot enforced and Microsoft's keys enrolled.
+    pub secure_boot: bool,
     /// The guest's writes to the image go into it (an installer's target), rather than being
     /// dropped.
     pub image_writable: bool,
@@ -195,7 +204,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None, cdrom: None, image_writable: false }
+        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None, cdrom: None, usb: None, secure_boot: false, image_writable: false }
     }
 
     /// An aarch64 disk (UEFI, on `virt`).
@@ -252,16 +261,22 @@ impl<'a> Boot<'a> {
             return Err(err("image does not exist".into()));
         }
 
-        let (qemu, code, vars_template) = match self.arch {
-            Arch::X86_64 => ("qemu-system-x86_64", OVMF_CODE, OVMF_VARS),
-            Arch::Aarch64 => ("qemu-system-aarch64", AAVMF_CODE, AAVMF_VARS),
+        let (qemu, code, vars_template) = match (self.arch, self.secure_boot) {
+            (Arch::X86_64, false) => ("qemu-system-x86_64", OVMF_CODE, OVMF_VARS),
+            (Arch::X86_64, true) => ("qemu-system-x86_64", OVMF_CODE_SECBOOT, OVMF_VARS_MS),
+            (Arch::Aarch64, _) => ("qemu-system-aarch64", AAVMF_CODE, AAVMF_VARS),
         };
+        if self.secure_boot && (self.arch != Arch::X86_64 || self.firmware != Firmware::Uefi) {
+            return Err(err("Secure Boot is an x86_64 UEFI boot here".into()));
+        }
         if self.arch == Arch::Aarch64 && self.firmware == Firmware::Bios {
             return Err(err("aarch64 machines have no BIOS".into()));
         }
         let mut cmd = Command::new(qemu);
         cmd.args(["-accel", "tcg"]);
         match self.arch {
+            // The Secure Boot firmware keeps its variables in SMM, out of the OS's reach.
+            Arch::X86_64 if self.secure_boot => cmd.args(["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]).args(&X86_64_MACHINE[2..]),
             Arch::X86_64 => cmd.args(X86_64_MACHINE),
             Arch::Aarch64 => cmd.args(AARCH64_MACHINE),
         };
@@ -280,12 +295,19 @@ impl<'a> Boot<'a> {
             .arg(match self.logical_block_size {
                 Some(n) => format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
                 None => "virtio-blk-pci,drive=disk0".to_string(),
-            } + if self.cdrom.is_some() { ",bootindex=1" } else { "" });
+            } + if self.cdrom.is_some() || self.usb.is_some() { ",bootindex=1" } else { "" });
         if let Some(iso) = &self.cdrom {
             cmd.arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=cd0,readonly=on", iso.display()))
                 .arg("-device")
                 .arg("ide-cd,drive=cd0,bootindex=2");
+        }
+        if let Some(stick) = &self.usb {
+            cmd.args(["-device", "qemu-xhci,id=xhci"])
+                .arg("-drive")
+                .arg(format!("file={},format=raw,if=none,id=usb0,readonly=on", stick.display()))
+                .arg("-device")
+                .arg("usb-storage,bus=xhci.0,drive=usb0,bootindex=2");
         }
         for (i, (disk, writable)) in self.extra_disks.iter().enumerate() {
             cmd.arg("-drive")

@@ -29,10 +29,12 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::cpio::CpioWriter;
+use super::elf::{self, Elf};
 use super::{Content, IsoFile, IsoSpec};
 use crate::bake;
 use crate::bootloader::{self, core_image, image_files::ImageRoot};
 use crate::cli::BakeArgs;
+use crate::config;
 use crate::disk::Ids;
 use crate::image::Image;
 use crate::progress::Progress;
@@ -89,6 +91,11 @@ pub struct IsoSettings {
     /// baked image's own); none: it would name the medium's path, which the installed system
     /// does not have.
     pub target_imgref: Option<String>,
+    /// Whether the target may hold data (partitions, filesystem signatures) that the install
+    /// then erases; otherwise `install to-disk` refuses such a disk.
+    pub wipe: bool,
+    /// Reboot rather than power off once installed.
+    pub reboot: bool,
 }
 
 /// Builds the installer ISO of `args.image` into `out` (an empty file); the work files go in
@@ -125,12 +132,15 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     if target_imgref.is_none() {
         progress.warn(&format!("systems installed from this ISO will look for updates on its medium, which they do not have: pass --target-imgref REGISTRY/IMAGE:TAG to update from a registry ({} is not one)", image.source));
     }
-    let settings = IsoSettings { target: args.iso_target_disk.clone(), kargs: args.kargs.clone(), filesystem: args.rootfs.clone(), medium_id: medium_id.clone(), target_imgref };
+    let config = args.config.as_deref().map(config::load).transpose()?;
+    let installer = config.as_ref().and_then(|c| c.installer.as_ref().map(|i| (i, c.source.as_str())));
+    let settings = install_settings(args, installer, medium_id.clone(), target_imgref, progress)?;
+    let boot_kargs = installer.map(|(i, _)| i.kargs.join(" ")).unwrap_or_default();
     let kiln_img = run_dir.join("kiln.img");
-    write_kiln_img(&kiln_img, &settings, &image_root, unix_time)?;
+    write_kiln_img(&kiln_img, &settings, &image_root, unix_time, run_dir)?;
 
     let mut files = vec![
-        IsoFile { path: "boot/grub/grub.cfg".into(), content: Content::Bytes(menu_config(&menu_title(&image, &root), &medium_id).into_bytes()) },
+        IsoFile { path: "boot/grub/grub.cfg".into(), content: Content::Bytes(menu_config(&menu_title(&image, &root), &medium_id, &boot_kargs).into_bytes()) },
         IsoFile { path: "boot/grub/i386-pc/eltorito.img".into(), content: Content::Bytes(core) },
         IsoFile { path: "boot/vmlinuz".into(), content: Content::File(kernel) },
         IsoFile { path: "boot/initramfs.img".into(), content: Content::File(initramfs) },
@@ -153,6 +163,33 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     super::write(&spec, &ids, out, &stage)?;
     stage.finish();
     Ok(())
+}
+
+/// The install settings: the `--iso-*` and bake options, else the build config's
+/// `[customizations.installer]` (`installer`, with the config's name). The config's target
+/// counts only when it says `unattended = true`: an ISO installs onto no disk nobody asked
+/// it to. Without a config the installer wipes the disk it was told to use (`--iso-target-disk`
+/// names it); with one, only when it says `wipe = true`.
+fn install_settings(args: &BakeArgs, installer: Option<(&config::Installer, &str)>, medium_id: String, target_imgref: Option<String>, progress: &Progress) -> Result<IsoSettings> {
+    let mut config_target = None;
+    if let Some((i, source)) = installer {
+        ensure!(!i.enroll_mok, "{source}: customizations.installer.enroll-mok: the installer ISO does not enroll MOK keys yet; remove the key and enroll it with mokutil on the installed system");
+        match (&i.target_disk, i.unattended) {
+            (Some(t), true) => config_target = Some(t.clone()),
+            (Some(t), false) => progress.warn(&format!("{source}: customizations.installer.target-disk {t:?} is not used: the install is not unattended (set unattended = true to install onto it without asking; otherwise the installer lists the disks and stops)")),
+            (None, _) => {}
+        }
+    }
+    let installer = installer.map(|(i, _)| i);
+    Ok(IsoSettings {
+        target: args.iso_target_disk.clone().or(config_target),
+        kargs: args.kargs.clone(),
+        filesystem: args.rootfs.clone().or_else(|| installer.and_then(|i| i.filesystem.clone())),
+        medium_id,
+        target_imgref,
+        wipe: installer.is_none_or(|i| i.wipe),
+        reboot: args.iso_reboot || installer.is_some_and(|i| i.finish == config::Finish::Reboot),
+    })
 }
 
 /// The time the volume's records carry: the image's creation for a seeded (reproducible)
@@ -321,8 +358,10 @@ fn menu_title(image: &Image, root: &Path) -> String {
     pretty.unwrap_or_else(|| image.describe()).replace(['\'', '\n'], "")
 }
 
-/// The ISO's GRUB menu, for BIOS and UEFI alike.
-fn menu_config(title: &str, medium_id: &str) -> String {
+/// The ISO's GRUB menu, for BIOS and UEFI alike; `extra_kargs` are the config's for the
+/// installer's own boot.
+fn menu_config(title: &str, medium_id: &str, extra_kargs: &str) -> String {
+    let extra = if extra_kargs.is_empty() { String::new() } else { format!(" {extra_kargs}") };
     format!(
         "serial --unit=0 --speed=115200\n\
          terminal_input console serial\n\
@@ -330,7 +369,7 @@ fn menu_config(title: &str, medium_id: &str) -> String {
          set timeout=5\n\
          set default=0\n\
          menuentry 'Install {title}' {{\n\
-         \x20 linux /boot/vmlinuz rd.systemd.unit={TARGET_UNIT} {MEDIUM_KARG}={medium_id} {INSTALLER_KARGS}\n\
+         \x20 linux /boot/vmlinuz rd.systemd.unit={TARGET_UNIT} {MEDIUM_KARG}={medium_id} {INSTALLER_KARGS}{extra}\n\
          \x20 initrd /boot/initramfs.img /boot/kiln.img\n\
          }}\n"
     )
@@ -382,7 +421,7 @@ fn write_esp(path: &Path, efi: &bootloader::RemovableEfi, config: &str, ids: &Id
 }
 
 /// `kiln.img`: the settings, the units and kiln with the libraries and loader it runs with.
-fn write_kiln_img(path: &Path, settings: &IsoSettings, image: &ImageRoot, unix_time: i64) -> Result<()> {
+fn write_kiln_img(path: &Path, settings: &IsoSettings, image: &ImageRoot, unix_time: i64, run_dir: &Path) -> Result<()> {
     let out = std::io::BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
     let mut cpio = CpioWriter::new(out, unix_time.clamp(0, u32::MAX as i64) as u32);
     let tools = image_tools(image)?;
@@ -402,8 +441,8 @@ fn write_kiln_img(path: &Path, settings: &IsoSettings, image: &ImageRoot, unix_t
     let text = |cpio: &mut CpioWriter<_>, name: &str, body: &str| cpio.file(name, 0o644, body.len() as u64, &mut body.as_bytes());
     text(&mut cpio, SETTINGS_PATH, &toml::to_string(settings)?)?;
     text(&mut cpio, &format!("etc/systemd/system/{TARGET_UNIT}"), &target_unit())?;
-    text(&mut cpio, &format!("etc/systemd/system/{SERVICE_UNIT}"), &service_unit())?;
-    for (name, host) in kiln_bundle()? {
+    text(&mut cpio, &format!("etc/systemd/system/{SERVICE_UNIT}"), &service_unit(settings.reboot))?;
+    for (name, host) in kiln_bundle(run_dir)? {
         let mut f = File::open(&host).with_context(|| format!("cannot open {}", host.display()))?;
         let size = f.metadata()?.len();
         cpio.file(&format!("{BUNDLE_DIR}/{name}"), 0o755, size, &mut f)?;
@@ -429,11 +468,12 @@ fn target_unit() -> String {
     )
 }
 
-fn service_unit() -> String {
+fn service_unit(reboot: bool) -> String {
+    let action = if reboot { "reboot" } else { "poweroff" };
     format!(
         "[Unit]\nDescription=kiln: install the image from this medium\nAfter=basic.target systemd-udev-trigger.service systemd-udev-settle.service\nDefaultDependencies=no\n\
-         # The machine powers off once the system is installed; a failure stays on screen.\n\
-         SuccessAction=poweroff\n\n\
+         # The machine powers off (or reboots) once the system is installed; a failure stays on screen.\n\
+         SuccessAction={action}\n\n\
          [Service]\nType=oneshot\nStandardOutput=journal+console\nStandardError=journal+console\n\
          ExecStart=/{BUNDLE_DIR}/{LOADER} --library-path /{BUNDLE_DIR} /{BUNDLE_DIR}/kiln install from-iso\n"
     )
@@ -443,15 +483,17 @@ fn service_unit() -> String {
 /// libraries may be older than what kiln was built against).
 const LOADER: &str = "ld.so";
 
-/// The running kiln, its loader and the libraries it needs (by their sonames), as
-/// (name in the bundle, host file). The loader lists the libraries (`--list`, what ldd does):
-/// its search is the one kiln ran with.
-fn kiln_bundle() -> Result<Vec<(String, PathBuf)>> {
+/// The running kiln (a copy in `run_dir` without its debug info), its loader and the libraries
+/// it needs (by their sonames), as (name in the bundle, host file). The loader lists the
+/// libraries (`--list`, what ldd does): its search is the one kiln ran with.
+fn kiln_bundle(run_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let exe = std::env::current_exe().context("cannot find the running kiln")?;
-    let interp = elf_interpreter(&exe)?.with_context(|| format!("{} has no ELF interpreter: a static kiln needs no bundle, but this build is not one", exe.display()))?;
+    let interp = Elf::read(&exe)?.interpreter.with_context(|| format!("{} has no ELF interpreter: a static kiln needs no bundle, but this build is not one", exe.display()))?;
     let out = Command::new(&interp).arg("--list").arg(&exe).output().with_context(|| format!("running {} --list", interp.display()))?;
     ensure!(out.status.success(), "{} --list {} failed: {}", interp.display(), exe.display(), String::from_utf8_lossy(&out.stderr));
-    let mut bundle = vec![("kiln".to_string(), exe.clone()), (LOADER.to_string(), interp.clone())];
+    let stripped = run_dir.join("kiln-bundled");
+    elf::copy_without_debug_info(&exe, &stripped)?;
+    let mut bundle = vec![("kiln".to_string(), stripped), (LOADER.to_string(), interp.clone())];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         // "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)"; the vDSO and the loader
         // itself have no "=>".
@@ -497,54 +539,6 @@ fn image_tools(image: &ImageRoot) -> Result<Vec<(String, ToolFile)>> {
         out.push((path, ToolFile::Image(host)));
     }
     Ok(out)
-}
-
-/// What kiln reads of an ELF file (64-bit little-endian): its loader and the libraries it
-/// names (`DT_NEEDED`).
-struct Elf {
-    interpreter: Option<PathBuf>,
-    needed: Vec<String>,
-}
-
-impl Elf {
-    fn read(path: &Path) -> Result<Elf> {
-        let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Elf::parse(&data).with_context(|| format!("{} is not an ELF file kiln can read (64-bit little-endian)", path.display()))
-    }
-
-    fn parse(data: &[u8]) -> Option<Elf> {
-        let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
-        let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
-        let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
-        let c_str = |o: usize| data.get(o..).map(|b| String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default()).into_owned());
-        if data.get(..6)? != b"\x7fELF\x02\x01" {
-            return None;
-        }
-        let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)? as usize, u16_at(0x38)? as usize);
-        // (type, file offset, virtual address, size in the file)
-        let headers: Vec<(u32, u64, u64, u64)> =
-            (0..phnum).map(|i| phoff + i * phentsize).map(|ph| Some((u32_at(ph)?, u64_at(ph + 8)?, u64_at(ph + 16)?, u64_at(ph + 32)?))).collect::<Option<_>>()?;
-        let interpreter = headers.iter().find(|h| h.0 == 3).and_then(|h| c_str(h.1 as usize)).map(PathBuf::from);
-        let mut needed = Vec::new();
-        if let Some(&(_, offset, _, size)) = headers.iter().find(|h| h.0 == 2) {
-            let entries: Vec<(u64, u64)> = (0..size as usize / 16).map(|i| Some((u64_at(offset as usize + i * 16)?, u64_at(offset as usize + i * 16 + 8)?))).collect::<Option<_>>()?;
-            let strtab = entries.iter().find(|e| e.0 == 5)?.1;
-            // The string table's address, as a file offset through the segment loading it.
-            let load = headers.iter().find(|h| h.0 == 1 && h.2 <= strtab && strtab < h.2 + h.3)?;
-            let strtab = (strtab - load.2 + load.1) as usize;
-            for &(tag, value) in entries.iter().take_while(|e| e.0 != 0) {
-                if tag == 1 {
-                    needed.push(c_str(strtab + value as usize)?);
-                }
-            }
-        }
-        Some(Elf { interpreter, needed })
-    }
-}
-
-/// An ELF file's `PT_INTERP` (its dynamic loader), `None` for a static one.
-fn elf_interpreter(path: &Path) -> Result<Option<PathBuf>> {
-    Ok(Elf::read(path)?.interpreter)
 }
 
 /// The payload: the image as an OCI layout with its manifest, config and layer blobs as

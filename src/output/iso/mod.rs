@@ -12,6 +12,7 @@
 
 pub mod cpio;
 pub mod installer;
+mod elf;
 mod eltorito;
 mod names;
 mod records;
