@@ -286,6 +286,11 @@ fn unpack_iso(iso: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     (tree, unpacked)
 }
 
+/// The installer's settings (etc/kiln/iso.toml) in an unpacked kiln.img.
+fn iso_settings(unpacked: &Path) -> toml::Value {
+    toml::from_str(&fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap()).unwrap()
+}
+
 /// The install settings from the build config's `[customizations.installer]`, as the ISO
 /// carries them (iso.toml and the unit in kiln.img, GRUB's menu); the `--iso-*` options
 /// before the config's; a config target only when the config says the install is unattended.
@@ -296,7 +301,7 @@ fn iso_takes_its_install_settings_from_the_config_file() {
     fs::write(&config, "[customizations.installer]\nunattended = true\ntarget-disk = \"/dev/sdb\"\nwipe = true\nkargs = [\"quiet\", \"kiln.test=1\"]\nfilesystem = \"xfs\"\nfinish = \"reboot\"\n").unwrap();
     let iso = bake_iso(s.path(), "config", &["--config", config.to_str().unwrap()]);
     let (tree, unpacked) = unpack_iso(&iso, &s.path().join("config-files"));
-    let settings: toml::Value = toml::from_str(&fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap()).unwrap();
+    let settings = iso_settings(&unpacked);
     assert_eq!(settings["target"].as_str(), Some("/dev/sdb"), "{settings}");
     assert_eq!(settings["filesystem"].as_str(), Some("xfs"), "{settings}");
     assert_eq!((settings["wipe"].as_bool(), settings["reboot"].as_bool()), (Some(true), Some(true)), "{settings}");
@@ -316,7 +321,7 @@ fn iso_takes_its_install_settings_from_the_config_file() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("customizations.installer.target-disk \"/dev/sdb\" is not used: the install is not unattended"), "{stderr}");
     let (_, unpacked) = unpack_iso(&out.join("bootiso/install.iso"), &s.path().join("options-files"));
-    let settings: toml::Value = toml::from_str(&fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap()).unwrap();
+    let settings = iso_settings(&unpacked);
     assert_eq!(settings.get("target"), None, "{settings}");
     assert_eq!(settings["filesystem"].as_str(), Some("btrfs"), "{settings}");
     assert_eq!((settings["wipe"].as_bool(), settings["reboot"].as_bool()), (Some(false), Some(false)), "{settings}");
@@ -326,7 +331,7 @@ fn iso_takes_its_install_settings_from_the_config_file() {
     // --iso-reboot without a config; the installer wipes the disk it is told to use.
     let iso = bake_iso(s.path(), "reboot", &["--iso-reboot", "--iso-target-disk", "auto"]);
     let (_, unpacked) = unpack_iso(&iso, &s.path().join("reboot-files"));
-    let settings: toml::Value = toml::from_str(&fs::read_to_string(unpacked.join("etc/kiln/iso.toml")).unwrap()).unwrap();
+    let settings = iso_settings(&unpacked);
     assert_eq!((settings["target"].as_str(), settings["wipe"].as_bool(), settings["reboot"].as_bool()), (Some("auto"), Some(true), Some(true)), "{settings}");
 
     // What the ISO cannot do yet is refused, naming the key.
