@@ -61,10 +61,6 @@ fn check_disk(raw: &Path, rootfs: &str, layout: &str) {
     assert!(r.contains("LABEL=root") && r.contains(&format!("TYPE={rootfs}")), "{r}");
 }
 
-fn boots_everywhere(name: &str, raw: &Path) {
-    boots_with(name, raw, &[Firmware::Uefi, Firmware::Bios]);
-}
-
 /// Boots under each of `firmware` with every probe check passing.
 fn boots_with(name: &str, raw: &Path, firmware: &[Firmware]) {
     for &fw in firmware {
@@ -82,9 +78,15 @@ fn boots_with(name: &str, raw: &Path, firmware: &[Firmware]) {
 fn ext4_root_boots_uefi_and_bios() {
     let s = Scratch::new("bake-ext4");
     // Seeded as the seed test's disks are, so that the bytes it compares are the bytes that boot.
-    let raw = bake(&s, &["--rootfs", "ext4", "--karg", "kiln.test.cli=1", "--seed", "kiln-test"]);
+    let raw = bake(&s, &["--type", "qcow2,vmdk", "--rootfs", "ext4", "--karg", "kiln.test.cli=1", "--seed", "kiln-test"]);
     check_disk(&raw, "ext4", "default");
-    boots_everywhere("bake-ext4", &raw);
+    // One raw build feeds every format: qemu-img reads the same disk from each, so the qcow2
+    // boots under UEFI and the raw under BIOS (a boot of each format would prove no more).
+    let (qcow2, vmdk) = (s.path().join("out/qcow2/disk.qcow2"), s.path().join("out/vmdk/disk.vmdk"));
+    run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "qcow2"]).arg(&raw).arg(&qcow2));
+    run(Command::new("qemu-img").args(["compare", "-f", "qcow2", "-F", "vmdk"]).arg(&qcow2).arg(&vmdk));
+    boots_with("bake-ext4", &qcow2, &[Firmware::Uefi]);
+    boots_with("bake-ext4", &raw, &[Firmware::Bios]);
     common::assert_no_leftovers(s.path());
 }
 
@@ -228,10 +230,11 @@ fn sigint_and_sigterm_mid_bake_clean_up() {
     }
 }
 
-/// One bake feeds every format; the qcow2 boots with every probe check passing, and qemu reads
-/// the same disk from the vmdk (`qemu-img compare`: the reader a vmdk boot would use).
+/// Formats without the raw: the raw build is not left behind, the qcow2 is consistent and qemu
+/// reads the same disk from the vmdk (`qemu-img compare`: the reader a vmdk boot would use).
+/// The boot of a qcow2 is in `ext4_root_boots_uefi_and_bios`.
 #[test]
-fn qcow2_and_vmdk_outputs_boot() {
+fn qcow2_and_vmdk_alone_leave_no_raw_and_hold_the_same_disk() {
     let s = Scratch::new("bake-formats");
     let out = s.path().join("out");
     let image = image_ref();
@@ -239,10 +242,8 @@ fn qcow2_and_vmdk_outputs_boot() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!out.join("image/disk.raw").exists(), "the raw was not asked for but left behind");
     let (qcow2, vmdk) = (out.join("qcow2/disk.qcow2"), out.join("vmdk/disk.vmdk"));
+    run(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&qcow2));
     run(Command::new("qemu-img").args(["compare", "-f", "qcow2", "-F", "vmdk"]).arg(&qcow2).arg(&vmdk));
-    let report = Boot::new(&qcow2, Firmware::Uefi, "bake-formats").run().unwrap_or_else(|e| panic!("{e}"));
-    println!("{}:\n{report}", qcow2.display());
-    report.assert_outcome(&[]);
     common::assert_no_leftovers(s.path());
 }
 

@@ -190,20 +190,19 @@ fn disable_selinux_leaves_labels_off() {
 
 /// The sid image boots with SELinux on (permissive), on composefs, with every probe check
 /// passing, the SELinux ones included; the AVC denials are reported. With the ext4/UEFI boot of
-/// tests/bake_composefs.rs, each root filesystem and each firmware boots once.
+/// tests/bake_composefs.rs, each firmware boots once; a btrfs root is written as an xfs one is
+/// (through the kernel), and the bookworm btrfs boot of tests/bake.rs covers it.
 #[test]
-fn sid_image_boots_with_selinux_on_xfs_and_btrfs() {
-    for (fs, fw) in [("xfs", Firmware::Bios), ("btrfs", Firmware::Uefi)] {
-        let s = Scratch::new(&format!("fedora-{fs}"));
-        let raw = bake(&s, &["--rootfs", fs]);
-        let report = Boot::new(&raw, fw, &format!("fedora-{fs}")).run().unwrap_or_else(|e| panic!("{e}"));
-        println!("sid {fs} {fw}:\n{report}");
-        report.assert_outcome(&[]);
-        for check in ["selinux.restorecon", "selinux.no-unlabeled", "composefs.root", "composefs.image"] {
-            assert!(report.checks.contains_key(check), "the probe ran no {check} check:\n{report}");
-        }
-        println!("AVC denials during the {fs} boot: {}", report.info("avc-denials").unwrap_or("?"));
+fn sid_image_boots_with_selinux_on_xfs() {
+    let s = Scratch::new("fedora-xfs");
+    let raw = bake(&s, &["--rootfs", "xfs"]);
+    let report = Boot::new(&raw, Firmware::Bios, "fedora-xfs").run().unwrap_or_else(|e| panic!("{e}"));
+    println!("sid xfs BIOS:\n{report}");
+    report.assert_outcome(&[]);
+    for check in ["selinux.restorecon", "selinux.no-unlabeled", "composefs.root", "composefs.image"] {
+        assert!(report.checks.contains_key(check), "the probe ran no {check} check:\n{report}");
     }
+    println!("AVC denials during the xfs boot: {}", report.info("avc-denials").unwrap_or("?"));
 }
 
 /// A policy kiln cannot apply stops the bake with the file, the line and the way out, and

@@ -127,12 +127,12 @@ fn a_disk_that_does_not_boot_fails_with_the_console_tail() {
     std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
     for fw in [Firmware::Uefi, Firmware::Bios] {
         let mut boot = Boot::new(&disk, fw, "noboot");
-        boot.timeout = Duration::from_secs(45);
+        boot.timeout = Duration::from_secs(30);
         let started = std::time::Instant::now();
         let err = boot.run().expect_err("an empty disk cannot boot").to_string();
-        assert!(started.elapsed() < Duration::from_secs(90), "harness overran its timeout");
+        assert!(started.elapsed() < Duration::from_secs(75), "harness overran its timeout");
         assert!(err.contains(&fw.to_string()), "error does not name the firmware: {err}");
-        assert!(err.contains("no probe report within 45s"), "{err}");
+        assert!(err.contains("no probe report within 30s"), "{err}");
         assert!(err.contains("last lines of the serial console"), "{err}");
         if fw == Firmware::Uefi {
             assert!(err.contains("BdsDxe"), "OVMF's messages missing from the tail: {err}");

@@ -31,16 +31,11 @@ fn kiln_err(args: &[&str]) -> String {
     err
 }
 
-/// `umoci raw unpack` of the test image's all-gzip copy: the oracle, computed once per run.
+/// `umoci raw unpack` of the test image's all-gzip copy (unpacked once into the test image's
+/// cache): the oracle, snapshotted once per test process.
 fn umoci_tree() -> &'static Snapshot {
     static SNAP: std::sync::OnceLock<Snapshot> = std::sync::OnceLock::new();
-    SNAP.get_or_init(|| {
-        let s = Scratch::new("image-umoci-oracle");
-        let out = s.path().join("rootfs");
-        let image = format!("{}:latest", test_image().join("oci-gzip").display());
-        run(Command::new("umoci").args(["raw", "unpack", "--image", &image]).arg(&out));
-        snapshot(&out, &[])
-    })
+    SNAP.get_or_init(|| snapshot(common::umoci_unpacked_test_image(), &[]))
 }
 
 fn unpack_and_compare(reference: &str, name: &str) {

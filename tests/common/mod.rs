@@ -72,14 +72,15 @@ fn build_test_image(flavor: &str) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// A fresh scratch directory for one test, under the system temp dir (large files live here,
-/// outside the repository). Removed when dropped unless KILN_KEEP_SCRATCH is set.
 /// The test image's files as umoci unpacks them (an oracle independent of kiln), kept in the
 /// test image's cache directory so that runs share one copy and leave nothing in /tmp.
 pub fn umoci_unpacked_test_image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = test_image().join("umoci-unpacked");
+        // Test processes run side by side (cargo-nextest): one unpacks, the others wait.
+        let lock = std::fs::File::create(test_image().join("umoci-unpacked.lock")).unwrap();
+        lock.lock().unwrap();
         if !dir.join("usr/lib/os-release").exists() {
             let tmp = test_image().join(format!("umoci-unpacked.tmp-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
@@ -92,6 +93,8 @@ pub fn umoci_unpacked_test_image() -> &'static Path {
     })
 }
 
+/// A fresh scratch directory for one test, under the system temp dir (large files live here,
+/// outside the repository). Removed when dropped unless KILN_KEEP_SCRATCH is set.
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
