@@ -265,14 +265,35 @@ impl Image {
     }
 
     /// The total size of the layers' uncompressed tars: hints where there are, counting the
-    /// other layers by decompressing them.
+    /// other layers by decompressing them, on every core. Only the size is wanted here, so the
+    /// blobs are not hashed: the pass that uses their bytes checks every digest.
     pub fn uncompressed_size(&self) -> Result<u64> {
-        let mut total = 0;
-        for i in 0..self.layers.len() {
-            total += match self.uncompressed_size_hint(i) {
-                Some(n) => n,
-                None => blob::count(self.layer_tar(i, None)?).with_context(|| self.layers[i].describe(self.layers.len()))?,
-            };
+        let unknown: Vec<usize> = (0..self.layers.len()).filter(|&i| self.uncompressed_size_hint(i).is_none()).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let count = |i: usize| -> Result<u64> {
+            let d = &self.layers[i].descriptor;
+            let raw = self.transport.blob(d)?;
+            let (_, tar) = blob::decompress(raw, &d.media_type)?;
+            Ok(blob::count(tar)?)
+        };
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(unknown.len());
+        let counted: Vec<Result<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut sum = 0;
+                        while let Some(&i) = unknown.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) {
+                            sum += count(i).with_context(|| format!("{}: {}", self.describe(), self.layers[i].describe(self.layers.len())))?;
+                        }
+                        Ok(sum)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("counting a layer's size failed (the panic above)")))).collect()
+        });
+        let mut total: u64 = (0..self.layers.len()).filter_map(|i| self.uncompressed_size_hint(i)).sum();
+        for c in counted {
+            total += c?;
         }
         Ok(total)
     }

@@ -70,7 +70,7 @@ pub fn filter(mut root: Dir) -> Result<(Dir, Filtered)> {
         }
     }
     if let Some(etc) = root.entries.remove(b"etc".as_slice()) {
-        let usr = match root.entries.entry(b"usr".to_vec()).or_insert_with(|| {
+        let usr = match root.entries.get_or_insert_with(b"usr", || {
             Node::Dir(Dir { meta: crate::tree::Meta { mode: 0o755, ..Default::default() }, ..Dir::default() })
         }) {
             Node::Dir(d) => d,

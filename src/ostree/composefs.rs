@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::hash::{Hash, Hasher};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -48,30 +47,18 @@ pub fn image_tree(root: Dir, verity: Option<&ObjectVerity>) -> Node {
     node
 }
 
-/// The xattr sets converted so far, by hash: the nodes with the same set (an SELinux label
-/// on thousands of files) share one map.
+/// The xattr sets converted so far, by the tree's interned set: the nodes with the same set
+/// (an SELinux label on thousands of files) share one map.
 #[derive(Default)]
-struct SharedXattrs(HashMap<u64, Arc<BTreeMap<Vec<u8>, Vec<u8>>>>);
+struct SharedXattrs(HashMap<tree::Xattrs, Arc<BTreeMap<Vec<u8>, Vec<u8>>>>);
 
 impl SharedXattrs {
-    fn get(&mut self, list: Vec<(Vec<u8>, Vec<u8>)>) -> Xattrs {
-        if list.is_empty() {
+    fn get(&mut self, set: tree::Xattrs) -> Xattrs {
+        if set.is_empty() {
             return Xattrs::default();
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        list.hash(&mut h);
-        let key = h.finish();
-        match self.0.get(&key) {
-            // The list is sorted by name, as the map iterates.
-            Some(map) if map.len() == list.len() && map.iter().zip(&list).all(|((k, v), (lk, lv))| k == lk && v == lv) => Xattrs::shared(map),
-            // Another set with the same hash: this one is not shared.
-            Some(_) => list.into_iter().collect(),
-            None => {
-                let map = Arc::new(list.into_iter().collect::<BTreeMap<_, _>>());
-                self.0.insert(key, Arc::clone(&map));
-                Xattrs::shared(&map)
-            }
-        }
+        let map = self.0.entry(set).or_insert_with_key(|set| Arc::new(set.iter().cloned().collect()));
+        Xattrs::shared(map)
     }
 }
 
@@ -221,9 +208,9 @@ mod tests {
     #[test]
     fn ostree_shape() {
         let label = (b"security.selinux".to_vec(), b"system_u:object_r:usr_t:s0\0".to_vec());
-        let mut usr = Dir { meta: Meta { mode: 0o755, xattrs: vec![label.clone()], ..Meta::default() }, ..Dir::default() };
+        let mut usr = Dir { meta: Meta { mode: 0o755, xattrs: vec![label.clone()].into(), ..Meta::default() }, ..Dir::default() };
         usr.entries.insert(b"empty".to_vec(), tree::Node::File(File { meta: Meta { mode: 0o644, ..Meta::default() }, size: 0, content: [1; 32] }));
-        usr.entries.insert(b"data".to_vec(), tree::Node::File(File { meta: Meta { mode: 0o4755, mtime: 99, xattrs: vec![label.clone()], ..Meta::default() }, size: 5, content: [0xab; 32] }));
+        usr.entries.insert(b"data".to_vec(), tree::Node::File(File { meta: Meta { mode: 0o4755, mtime: 99, xattrs: vec![label.clone()].into(), ..Meta::default() }, size: 5, content: [0xab; 32] }));
         usr.entries.insert(b"link".to_vec(), tree::Node::Symlink(Symlink { meta: Meta { mode: 0o644, ..Meta::default() }, target: b"data".to_vec() }));
         let mut root = Dir { meta: Meta { mode: 0o755, ..Meta::default() }, ..Dir::default() };
         root.entries.insert(b"usr".to_vec(), tree::Node::Dir(usr));

@@ -32,18 +32,13 @@ use sha2::{Digest, Sha256};
 use super::object::{self, Checksum, Kind, S_IFDIR, S_IFLNK, S_IFREG};
 use super::repo::Repo;
 use crate::selinux::{Labeler, Policy};
-use crate::tree::{ContentKey, ContentStore, Dir, Meta, Node};
+use crate::tree::{ContentKey, ContentStore, Dir, Meta, Node, Xattrs};
 
 pub const XATTR: &[u8] = b"security.selinux";
 
 /// `meta` with its `security.selinux` set to `value` (xattrs stay sorted by name).
 pub fn with_label(meta: &Meta, value: Vec<u8>) -> Meta {
-    let mut m = meta.clone();
-    match m.xattrs.binary_search_by(|(k, _)| k.as_slice().cmp(XATTR)) {
-        Ok(i) => m.xattrs[i].1 = value,
-        Err(i) => m.xattrs.insert(i, (XATTR.to_vec(), value)),
-    }
-    m
+    Meta { xattrs: meta.xattrs.with(XATTR, &value), ..meta.clone() }
 }
 
 /// The label of `path` (with `mode`'s file type) on `meta`, or `meta` unchanged when the
@@ -61,8 +56,9 @@ struct Rekey {
     meta: Meta,
 }
 
-/// The label each content object was written with (by [`StreamLabels`]); absent: none.
-pub type Written = HashMap<Checksum, Vec<u8>>;
+/// The label each content object was written with (by [`StreamLabels`]), as the one-attribute
+/// set `security.selinux` (interned: the objects with the same label share it); absent: none.
+pub type Written = HashMap<Checksum, Xattrs>;
 
 /// Labels every node of `trees` (commit trees: the merged root and each layer's, already
 /// converted) by its commit path (no labels at all with `labeler` None) and moves every regular
@@ -75,7 +71,7 @@ pub fn label_commits(repo: &Repo, labeler: Option<&Labeler>, written: &Written, 
     for tree in trees.iter_mut() {
         let mut path = Vec::with_capacity(256);
         label_dir(labeler, written, tree, &mut path, &mut |old, meta| {
-            let label = meta.xattrs.iter().find(|(k, _)| k == XATTR).map(|(_, v)| v.clone()).unwrap_or_default();
+            let label = meta.xattrs.get(XATTR).unwrap_or_default().to_vec();
             *wanted.entry((old, label)).or_insert_with(|| {
                 rekeys.push(Rekey { old, meta: meta.clone() });
                 rekeys.len() - 1
@@ -112,8 +108,8 @@ fn label_dir(labeler: Option<&Labeler>, written: &Written, dir: &mut Dir, path: 
             Node::Symlink(s) => s.meta = label(path, S_IFLNK | 0o777, &s.meta),
             Node::File(f) => {
                 let meta = label(path, S_IFREG | f.meta.mode, &f.meta);
-                let as_written = match written.get(&f.content) {
-                    Some(v) => with_label(&f.meta, v.clone()),
+                let as_written = match written.get(&f.content).and_then(|w| w.get(XATTR)) {
+                    Some(v) => with_label(&f.meta, v.to_vec()),
                     None => f.meta.clone(),
                 };
                 if meta != as_written {
@@ -197,7 +193,7 @@ impl ContentStore for StreamLabels<'_> {
             return self.store.put(path, meta, size, data);
         };
         let key = self.store.put(path, &with_label(meta, label.clone()), size, data)?;
-        self.written.lock().unwrap().insert(key, label);
+        self.written.lock().unwrap().insert(key, Xattrs::new(vec![(XATTR.to_vec(), label)]));
         Ok(key)
     }
 }
@@ -211,7 +207,7 @@ fn rekey_files(dir: &mut Dir, by_pair: &HashMap<(Checksum, Vec<u8>), Checksum>) 
         match node {
             Node::Dir(d) => rekey_files(d, by_pair),
             Node::File(f) => {
-                let label = f.meta.xattrs.iter().find(|(k, _)| k == XATTR).map(|(_, v)| v.clone()).unwrap_or_default();
+                let label = f.meta.xattrs.get(XATTR).unwrap_or_default().to_vec();
                 if let Some(new) = by_pair.get(&(f.content, label)) {
                     f.content = *new;
                 }
@@ -273,7 +269,7 @@ fn move_objects(repo: &Repo, rekeys: &[Rekey], new: &[Checksum]) -> Result<()> {
             repo.copy_object(&old, &new[i], &rekeys[i].meta)?;
         }
         let first = users[0];
-        let label = rekeys[first].meta.xattrs.iter().find(|(k, _)| k == XATTR).map(|(_, v)| v.as_slice());
+        let label = rekeys[first].meta.xattrs.get(XATTR);
         repo.relabel_object(&old, &new[first], label)?;
     }
     Ok(())

@@ -122,5 +122,5 @@ fn meta_of(p: &Path, md: &fs::Metadata) -> Result<Meta> {
         }
     }
     xattrs.sort();
-    Ok(Meta { uid: md.uid(), gid: md.gid(), mode: md.mode() & 0o7777, mtime: md.mtime(), xattrs })
+    Ok(Meta { uid: md.uid(), gid: md.gid(), mode: md.mode() & 0o7777, mtime: md.mtime(), xattrs: xattrs.into() })
 }

@@ -144,13 +144,8 @@ fn components_ok(parts: &[Vec<u8>]) -> Result<()> {
 
 fn meta_of<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta> {
     let h = entry.header();
-    let mut meta = Meta {
-        uid: h.uid()? as u32,
-        gid: h.gid()? as u32,
-        mode: h.mode()? & 0o7777,
-        mtime: h.mtime()? as i64,
-        xattrs: Vec::new(),
-    };
+    let mut meta = Meta { uid: h.uid()? as u32, gid: h.gid()? as u32, mode: h.mode()? & 0o7777, mtime: h.mtime()? as i64, ..Meta::default() };
+    let mut xattrs = Vec::new();
     if let Some(pax) = entry.pax_extensions()? {
         for ext in pax {
             let ext = ext?;
@@ -158,11 +153,11 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta> {
             let value = ext.value_bytes();
             let num = || std::str::from_utf8(value).ok().and_then(|v| v.split('.').next()?.parse::<i64>().ok());
             if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                meta.xattrs.push((name.to_vec(), value.to_vec()));
+                xattrs.push((name.to_vec(), value.to_vec()));
             } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
                 // libarchive URL-encodes the name and base64-encodes the value.
                 if let Some(v) = base64_decode(value) {
-                    meta.xattrs.push((percent_decode(name), v));
+                    xattrs.push((percent_decode(name), v));
                 }
             } else if key == b"uid" {
                 meta.uid = num().unwrap_or(meta.uid as i64) as u32;
@@ -173,8 +168,9 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta> {
             }
         }
     }
-    meta.xattrs.sort();
-    meta.xattrs.dedup_by(|a, b| a.0 == b.0);
+    xattrs.sort();
+    xattrs.dedup_by(|a, b| a.0 == b.0);
+    meta.xattrs = xattrs.into();
     Ok(meta)
 }
 

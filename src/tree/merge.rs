@@ -7,12 +7,11 @@
 //! merge remembers which places in the merged tree the current layer has written ([`Put`]):
 //! a whiteout that comes after the layer's own entries leaves those and removes the rest.
 
-use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
 use super::layer::{Change, Components};
-use super::{Dir, File, Meta, Node};
+use super::{Dir, Entries, File, Meta, Node};
 
 /// Symlinks followed while resolving one path, as the kernel's limit.
 const MAX_SYMLINKS: usize = 40;
@@ -28,6 +27,8 @@ fn implicit_meta() -> Meta {
 
 pub struct Merger {
     pub root: Dir,
+    /// Changes since the trees were last compacted.
+    applied: usize,
 }
 
 fn empty_root() -> Dir {
@@ -36,7 +37,7 @@ fn empty_root() -> Dir {
 
 impl Default for Merger {
     fn default() -> Self {
-        Merger { root: empty_root() }
+        Merger { root: empty_root(), applied: 0 }
     }
 }
 
@@ -51,7 +52,7 @@ fn insert_literal(dir: &mut Dir, path: &[Vec<u8>], node: Node) {
     };
     let mut d = dir;
     for c in parents {
-        let entry = d.entries.entry(c.clone()).or_insert_with(implicit_dir);
+        let entry = d.entries.get_or_insert_with(c, implicit_dir);
         if !matches!(entry, Node::Dir(_)) {
             *entry = implicit_dir();
         }
@@ -76,7 +77,7 @@ struct Put {
     new: bool,
     /// A lower directory the layer gave its own metadata (its tar has the directory's entry).
     explicit: bool,
-    children: BTreeMap<Vec<u8>, Put>,
+    children: Entries<Put>,
 }
 
 /// What a path of the merged tree is to the current layer.
@@ -98,10 +99,10 @@ impl Put {
             if at.new {
                 return;
             }
-            at = at.children.entry(c.clone()).or_default();
+            at = at.children.get_or_insert_with(c, Put::default);
             if i >= new_from {
                 at.new = true;
-                at.children = BTreeMap::new();
+                at.children = Entries::new();
                 return;
             }
         }
@@ -147,6 +148,16 @@ fn keep_only_layer(dir: &mut Dir, put: &Put) {
     });
 }
 
+impl Put {
+    fn compact(&mut self) {
+        self.children.compact(&mut Put::compact);
+    }
+}
+
+/// Changes applied between two compactions of the trees ([`Dir::compact`]): a walk of the trees
+/// every this many changes keeps what growing leaves over to a few MiB, at a small linear cost.
+const COMPACT_EVERY: usize = 64 * 1024;
+
 /// One layer being applied: its changes are handed over one at a time, in tar order.
 #[derive(Default)]
 pub struct LayerMerge {
@@ -167,6 +178,13 @@ impl LayerMerge {
 
     /// Applies one change to `merger`'s tree; `what` names the layer in errors.
     pub fn change(&mut self, merger: &mut Merger, change: Change, what: &str) -> Result<()> {
+        merger.applied += 1;
+        if merger.applied == COMPACT_EVERY {
+            merger.applied = 0;
+            merger.root.compact();
+            self.own.compact();
+            self.put.compact();
+        }
         let at = |p: &Components| format!("{what}: entry {:?}", display(p));
         match change {
             Change::Whiteout { path } => match self.put.owner(&path) {
@@ -251,7 +269,8 @@ impl LayerMerge {
     }
 
     /// The layer's own tree, once all its changes are applied.
-    pub fn finish(self) -> Dir {
+    pub fn finish(mut self) -> Dir {
+        self.own.compact();
         self.own
     }
 }
@@ -336,7 +355,7 @@ impl Merger {
         let mut dir = &mut self.root;
         let mut created = want.len();
         for (i, comp) in want.iter().enumerate() {
-            let node = dir.entries.entry(comp.clone()).or_insert_with(|| {
+            let node = dir.entries.get_or_insert_with(comp, || {
                 created = created.min(i);
                 implicit_dir()
             });

@@ -4,7 +4,6 @@
 //! (the ostree repository in a bake, a staging directory for `kiln image unpack`), which returns
 //! the [`ContentKey`] the tree records. So file data is written exactly once, wherever it ends.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 
 /// Identifies stored file content. What it means belongs to the store: the ostree store uses
@@ -21,8 +20,8 @@ pub struct Meta {
     pub mode: u32,
     /// Seconds since the epoch.
     pub mtime: i64,
-    /// Extended attributes sorted by name.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Extended attributes sorted by name, shared with the other nodes that have the same.
+    pub xattrs: Xattrs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +35,7 @@ pub enum Node {
 pub struct Dir {
     pub meta: Meta,
     /// Entries by name (bytes, sorted bytewise as ostree sorts them).
-    pub entries: BTreeMap<Vec<u8>, Node>,
+    pub entries: Entries<Node>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,13 +58,17 @@ pub trait ContentStore: Sync {
     fn put(&self, path: &[Vec<u8>], meta: &Meta, size: u64, data: &mut dyn Read) -> anyhow::Result<ContentKey>;
 }
 
+mod entries;
 mod layer;
 mod merge;
+mod xattrs;
 pub mod from_dir;
 pub mod scan;
 pub mod unpack;
 
 pub use layer::{components, Components};
+pub use entries::Entries;
+pub use xattrs::{Xattr, Xattrs};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -255,8 +258,10 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
     if let Some((_, e)) = errors.into_iter().next() {
         return Err(e);
     }
+    let mut root = merger.into_inner().unwrap_or_else(|e| e.into_inner()).root;
+    root.compact();
     let merged = Merged {
-        root: merger.into_inner().unwrap_or_else(|e| e.into_inner()).root,
+        root,
         layers: layers.into_inner().unwrap().into_iter().map(|l| l.expect("every layer merged")).collect(),
         skipped: skipped.into_inner().unwrap(),
         content_bytes: content_bytes.into_inner(),
@@ -276,6 +281,15 @@ pub fn apply_layers(image: &Image, store: &dyn ContentStore, progress: &Progress
 }
 
 impl Dir {
+    /// Gives back the memory growing left over in this directory and below.
+    pub fn compact(&mut self) {
+        self.entries.compact(&mut |node| {
+            if let Node::Dir(d) = node {
+                d.compact();
+            }
+        });
+    }
+
     /// The node at a path of components, not following symlinks.
     pub fn get(&self, path: &[&[u8]]) -> Option<&Node> {
         let (last, dirs) = path.split_last()?;
