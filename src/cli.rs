@@ -97,8 +97,8 @@ pub struct BakeArgs {
     #[arg(long)]
     pub disable_selinux: bool,
     /// `--type iso`: the disk the installer installs to (a path such as /dev/vda, or `auto`:
-    /// the only fixed disk large enough that is not the ISO); default: it lists the disks and
-    /// stops.
+    /// the only fixed disk large enough that is not the ISO); default: it lists the disks on
+    /// the console and asks which one (and to confirm erasing one that holds data).
     #[arg(long, value_name = "auto|DEVICE")]
     pub iso_target_disk: Option<String>,
     /// `--type iso`: the installer reboots once the system is installed (default: it powers

@@ -1,8 +1,9 @@
 //! `kiln bake --type iso` (the installer ISO) against independent readers: xorriso's El
 //! Torito and system-area reports, isoinfo, osirrox extracting the tree, skopeo copying the
 //! same image (the payload must hold the same manifest and blobs), mtools reading the ESP,
-//! GNU cpio listing kiln.img; bad input; and an unattended install from the ISO as a CD under
-//! UEFI, the installed disk then booting with every probe check.
+//! GNU cpio listing kiln.img; bad input; an unattended install from the ISO as a CD under
+//! UEFI and one under BIOS where the installer asks for the disk, the installed disks then
+//! booting with every probe check.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::boot::{Boot, Firmware};
+use common::boot::{Boot, ConsoleAction, Firmware, USB_DEVICE_ID};
 use common::hybrid_iso::{assert_hybrid_boot, sha};
 use common::{bake_fails, kiln, oci, run, test_image, Scratch};
 
@@ -216,26 +217,38 @@ fn allocated_blocks(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks()
 }
 
-/// `auto` with two disks that fit, the ISO as a CD under BIOS (SeaBIOS: El Torito's GRUB
-/// core): the installer lists the disks on the console and stops; neither disk is written.
+/// No target named, two empty disks, the ISO as a CD under BIOS (SeaBIOS: El Torito's GRUB
+/// core): the installer shows the disk table on the console and asks; the test answers with
+/// the second disk. The install writes that disk only, and the disk then boots under BIOS with
+/// every probe check.
 #[test]
-fn iso_with_two_candidate_disks_lists_them_and_writes_nothing() {
-    let s = Scratch::new("installer-iso-two-disks");
-    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto"]);
+fn iso_asks_for_the_target_and_installs_it_under_bios() {
+    let s = Scratch::new("installer-iso-ask");
+    let iso = bake_iso(s.path(), "out", &["--target-imgref", TARGET_IMGREF]);
     let (first, second) = (s.path().join("first.raw"), s.path().join("second.raw"));
     for d in [&first, &second] {
         fs::File::create(d).unwrap().set_len(8 << 30).unwrap();
     }
-    let mut boot = Boot::new(&first, Firmware::Bios, "installer-iso-two-disks");
-    boot.cdrom = Some(iso);
-    boot.image_writable = true;
-    boot.extra_disks = vec![(second.clone(), true)];
-    let tail = boot.until_console("nothing was written").unwrap_or_else(|e| panic!("{e}"));
+    let mut installer = install_boot(&first, Firmware::Bios, "installer-iso-ask");
+    installer.cdrom = Some(iso);
+    installer.extra_disks = vec![(second.clone(), true)];
+    installer.on_console = vec![("install onto which disk?".into(), ConsoleAction::Type("2".into()))];
+    let tail = installer.until_console("kiln installer: installed onto ").unwrap_or_else(|e| panic!("{e}"));
     println!("{tail}");
-    for want in ["the target is auto, but 2 disks fit", "/dev/vda  8 GiB", "/dev/vdb  8 GiB", "kiln installer: the medium is /dev/sr0"] {
-        assert!(tail.contains(want), "the console lacks {want:?}:\n{tail}");
-    }
-    assert_eq!((allocated_blocks(&first), allocated_blocks(&second)), (0, 0), "the installer wrote to a disk");
+    let console = String::from_utf8_lossy(&fs::read(installer.log_dir.join("installer-iso-ask-bios.console.log")).unwrap()).into_owned();
+    // The table: a header, then each disk with its size and what is on it.
+    let row = |disk: &str| console.lines().find(|l| l.split_whitespace().nth(1) == Some(disk)).map(|l| l.split_whitespace().collect::<Vec<_>>());
+    assert!(console.lines().any(|l| l.split_whitespace().eq(["#", "DISK", "SIZE", "MODEL", "SERIAL", "CONTENT"])), "no disk table header:\n{console}");
+    assert_eq!(row("/dev/vda"), Some(vec!["1", "/dev/vda", "8.0", "GiB", "-", "-", "empty"]), "{console}");
+    assert_eq!(row("/dev/vdb"), Some(vec!["2", "/dev/vdb", "8.0", "GiB", "-", "-", "empty"]), "{console}");
+    assert!(console.contains("kiln installer: the medium is /dev/sr0"), "{console}");
+    assert_eq!(allocated_blocks(&first), 0, "the installer wrote to the disk it was not told to use:\n{tail}");
+    assert!(tail.contains("kiln installer: installed onto /dev/vdb; powering off"), "{tail}");
+
+    let installed = Boot::new(&second, Firmware::Bios, "installer-iso-ask-installed");
+    let report = installed.run().unwrap_or_else(|e| panic!("{e}"));
+    println!("the installed disk:\n{report}");
+    report.assert_outcome(&[]);
 }
 
 /// Where an ISO 9660 volume's El Torito boot record names its specification ("EL TORITO
@@ -274,6 +287,32 @@ fn iso_as_usb_stick_boots_under_secure_boot_and_refuses_a_small_target() {
         assert!(console.contains(want), "the console lacks {want:?}:\n{tail}");
     }
     assert_eq!(allocated_blocks(&target), 0, "the installer wrote to the disk it refused");
+}
+
+/// The ISO `dd`'d to a USB stick under BIOS (SeaBIOS through the hybrid MBR), the target
+/// named: the stick is pulled (QMP `device_del`) once the install writes the disk. The
+/// installer stops with an error naming its medium and leaves the target with an empty GPT,
+/// as sfdisk reads it.
+#[test]
+fn iso_pulled_mid_install_leaves_the_target_with_an_empty_gpt() {
+    let s = Scratch::new("installer-iso-pulled");
+    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "/dev/vda"]);
+    let target = s.path().join("target.raw");
+    fs::File::create(&target).unwrap().set_len(8 << 30).unwrap();
+    let mut boot = install_boot(&target, Firmware::Bios, "installer-iso-pulled");
+    boot.usb = Some(iso);
+    let unplug = format!(r#"{{"execute": "device_del", "arguments": {{"id": "{USB_DEVICE_ID}"}}}}"#);
+    // The disk stage makes the filesystems: the target is being written, the payload not read yet.
+    boot.on_console = vec![("kiln: disk: started".into(), ConsoleAction::Qmp(unplug))];
+    let tail = boot.until_console("was left with an empty partition table").unwrap_or_else(|e| panic!("{e}"));
+    println!("{tail}");
+    let console = String::from_utf8_lossy(&fs::read(boot.log_dir.join("installer-iso-pulled-bios.console.log")).unwrap()).into_owned();
+    for want in ["kiln installer: the medium is /dev/sd", "kiln installer: installing onto /dev/vda", "the installer's medium /dev/sd", "was removed during the install"] {
+        assert!(console.contains(want), "the console lacks {want:?}:\n{tail}");
+    }
+    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&target))).unwrap();
+    assert_eq!(table["partitiontable"]["label"], "gpt", "{table}");
+    assert_eq!(table["partitiontable"]["partitions"].as_array().map_or(0, Vec::len), 0, "the target keeps partitions: {table}");
 }
 
 /// The ISO's files `osirrox` extracts, and kiln.img unpacked by GNU cpio, below `dir`.

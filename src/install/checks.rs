@@ -168,6 +168,26 @@ fn existing_content(path: &Path, name: &str) -> Result<Option<String>> {
         let names: Vec<String> = parts.iter().map(|p| p.node().display().to_string()).collect();
         return Ok(Some(format!("partitions ({})", names.join(", "))));
     }
+    signature(path, name)
+}
+
+/// What `path` holds for a list of disks: its partition table or signature and how many
+/// partitions the kernel knows of ("a GPT partition table, 3 partitions"); None: nothing kiln
+/// recognizes (an empty disk, as far as an install is concerned).
+pub fn content_summary(path: &Path, name: &str) -> Result<Option<String>> {
+    let parts = partitions_of(name).len();
+    let what = signature(path, name)?;
+    let count = |n: usize| format!("{n} partition{}", if n == 1 { "" } else { "s" });
+    Ok(match (what, parts) {
+        (what, 0) => what,
+        (Some(what), n) => Some(format!("{what}, {}", count(n))),
+        (None, n) => Some(count(n)),
+    })
+}
+
+/// The partition table, filesystem or volume signature `path` has (at its start, or a backup
+/// GPT at its end).
+fn signature(path: &Path, name: &str) -> Result<Option<String>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut head = vec![0u8; 128 << 10];
     let n = read_at_most(&f, &mut head, 0)?;

@@ -4,14 +4,16 @@
 //! primary volume descriptor, and reads the install settings the ISO's kiln.img carries.
 //!
 //! Then it picks the target (`kiln.install.disk=`, else the settings; `auto`: the only fixed
-//! disk large enough that is not the medium; none: it lists the disks and stops), mounts the
-//! medium read-only and runs `install to-disk` (`--wipe` when the settings say so) with the
+//! disk large enough that is not the medium; none: it lists the disks on the console and asks
+//! which one, and to confirm erasing it when it holds data), mounts the medium read-only and
+//! runs `install to-disk` (`--wipe` when the settings say so, or the user confirmed) with the
 //! payload on it. The unit powers the machine off (or reboots it) when this succeeds.
 
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use clap::{Args, FromArgMatches};
 
@@ -35,22 +37,35 @@ pub fn run(progress: &Progress) -> Result<()> {
     progress.info(&format!("kiln installer: the medium is {}", medium.display()));
 
     let disks = disks(&medium)?;
+    let mut wipe = settings.wipe;
     let target = match karg(DISK_KARG).or(settings.target.clone()) {
         Some(t) if t == "auto" => {
             let fit: Vec<&DiskInfo> = disks.iter().filter(|d| !d.removable && d.size >= MIN_AUTO_SIZE).collect();
             match fit.as_slice() {
                 [one] => one.path.clone(),
                 _ => {
-                    print_disks(&disks, progress);
+                    eprint!("{}", disk_table(&disks));
                     bail!("the target is auto, but {} disks fit (fixed, {} GiB or more): name one with {DISK_KARG}=DEVICE; nothing was written", fit.len(), MIN_AUTO_SIZE >> 30)
                 }
             }
         }
         Some(t) => PathBuf::from(t),
-        None => {
-            print_disks(&disks, progress);
-            bail!("no target disk was named: boot with {DISK_KARG}=DEVICE (or bake the ISO with --iso-target-disk DEVICE|auto); nothing was written")
-        }
+        None => match ask_target(&disks)? {
+            Some(Choice { path, erase }) => {
+                wipe = erase;
+                path
+            }
+            None => {
+                progress.info("kiln installer: no disk chosen, nothing was written; powering off");
+                // Nothing is mounted or written yet; the unit's success action may be a
+                // reboot, which would only start the installer again.
+                unsafe {
+                    libc::sync();
+                    libc::reboot(libc::RB_POWER_OFF);
+                }
+                bail!("cannot power off: {}", std::io::Error::last_os_error());
+            }
+        },
     };
     progress.info(&format!("kiln installer: installing onto {}", target.display()));
 
@@ -60,7 +75,7 @@ pub fn run(progress: &Progress) -> Result<()> {
     mount_iso(&medium, mount_point)?;
     let image = format!("oci:{}", mount_point.join(PAYLOAD_DIR).display());
     let mut argv: Vec<String> = vec!["to-disk".into()];
-    if settings.wipe {
+    if wipe {
         argv.push("--wipe".into());
     }
     if let Some(fs) = &settings.filesystem {
@@ -75,7 +90,14 @@ pub fn run(progress: &Progress) -> Result<()> {
     argv.extend([target.display().to_string(), image]);
     let matches = ToDiskArgs::augment_args(clap::Command::new("to-disk")).try_get_matches_from(&argv)?;
     let args = ToDiskArgs::from_arg_matches(&matches)?;
-    super::to_disk(&args, progress)?;
+    super::to_disk(&args, progress).map_err(|e| {
+        // A pulled stick or an ejected CD fails the install as a read error of some blob:
+        // say what happened.
+        match Path::new("/sys/class/block").join(medium.file_name().unwrap_or_default()).exists() {
+            true => e,
+            false => e.context(format!("the installer's medium {} was removed during the install: attach it again and restart the install", medium.display())),
+        }
+    })?;
     progress.info(&format!("kiln installer: installed onto {}; {}", target.display(), if settings.reboot { "rebooting" } else { "powering off" }));
     Ok(())
 }
@@ -103,6 +125,9 @@ struct DiskInfo {
     size: u64,
     removable: bool,
     model: String,
+    serial: String,
+    /// What is on it (partition table and partitions, or a signature); None: empty.
+    content: Option<String>,
 }
 
 /// The machine's disks, but the medium's and virtual ones (loop, RAM, CD drives, mappers).
@@ -118,21 +143,84 @@ fn disks(medium: &Path) -> Result<Vec<DiskInfo>> {
             continue;
         }
         let read = |f: &str| std::fs::read_to_string(sys.join(f)).unwrap_or_default().trim().to_string();
+        let path = PathBuf::from("/dev").join(&name);
+        // virtio-blk has the serial beside the disk, NVMe on its controller, SCSI and ATA in
+        // the unit serial number page (after a 4-byte header).
+        let vpd = std::fs::read(sys.join("device/vpd_pg80")).ok().and_then(|p| p.get(4..).map(|s| String::from_utf8_lossy(s).trim_matches(char::from(0)).trim().to_string()));
+        let serial = [read("serial"), read("device/serial")].into_iter().find(|s| !s.is_empty()).or(vpd).unwrap_or_default();
         out.push(DiskInfo {
-            path: PathBuf::from("/dev").join(&name),
+            content: super::checks::content_summary(&path, &name).unwrap_or_else(|e| Some(format!("unreadable: {e:#}"))),
+            path,
             size: read("size").parse::<u64>().unwrap_or(0) * 512,
             removable: read("removable") == "1",
             model: read("device/model"),
+            serial,
         });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn print_disks(disks: &[DiskInfo], progress: &Progress) {
-    progress.info("kiln installer: the disks of this machine:");
-    for d in disks {
-        progress.info(&format!("  {}  {} GiB  {}{}", d.path.display(), d.size >> 30, d.model, if d.removable { "  (removable)" } else { "" }));
+/// The disks as a numbered table, one line each, columns aligned.
+fn disk_table(disks: &[DiskInfo]) -> String {
+    let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+    let mut rows = vec![["#".to_string(), "DISK".into(), "SIZE".into(), "MODEL".into(), "SERIAL".into(), "CONTENT".into()]];
+    for (i, d) in disks.iter().enumerate() {
+        let content = d.content.clone().unwrap_or_else(|| "empty".into()) + if d.removable { " (removable)" } else { "" };
+        rows.push([(i + 1).to_string(), d.path.display().to_string(), format!("{:.1} GiB", d.size as f64 / (1u64 << 30) as f64), or_dash(&d.model), or_dash(&d.serial), content]);
+    }
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::from("kiln installer: the disks of this machine:\n");
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out += &format!("  {}\n", cells.join("  ").trim_end());
+    }
+    out
+}
+
+/// The disk the user chose, and whether they agreed to erase what is on it.
+struct Choice {
+    path: PathBuf,
+    erase: bool,
+}
+
+/// Shows the disk table on the console and asks which disk to install onto (by number or
+/// path), and to confirm erasing it when it holds data; a bad answer asks again. None: the
+/// user quit (an empty answer or `q`).
+fn ask_target(disks: &[DiskInfo]) -> Result<Option<Choice>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // The unit's standard input is not the console: talk to it directly (the kernel's last
+    // console= argument, the serial port here), without making it the controlling terminal.
+    let console = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open("/dev/console").context("cannot open /dev/console to ask for the target disk")?;
+    let mut out = &console;
+    let mut input = std::io::BufReader::new(&console);
+    let mut ask = |question: &str| -> Result<String> {
+        (&console).write_all(question.as_bytes())?;
+        let mut line = String::new();
+        ensure!(input.read_line(&mut line)? > 0, "the console closed while asking for the target disk; nothing was written");
+        Ok(line.trim().to_string())
+    };
+    write!(out, "\n{}", disk_table(disks))?;
+    ensure!(!disks.is_empty(), "this machine has no disk to install onto (besides the medium); nothing was written");
+    loop {
+        let answer = ask(&format!("kiln installer: install onto which disk? (1-{}, or its path; empty or q: power off, nothing written) ", disks.len()))?;
+        if answer.is_empty() || answer == "q" {
+            return Ok(None);
+        }
+        let picked = answer.parse::<usize>().ok().and_then(|n| disks.get(n.wrapping_sub(1))).or_else(|| disks.iter().find(|d| d.path == Path::new(&answer)));
+        let Some(disk) = picked else {
+            writeln!(out, "kiln installer: {answer:?} is none of the disks listed")?;
+            continue;
+        };
+        if let Some(what) = &disk.content {
+            let sure = ask(&format!("kiln installer: {} has {what}: everything on it will be erased; type yes to go on: ", disk.path.display()))?;
+            if sure != "yes" {
+                writeln!(out, "kiln installer: {} is left as it is", disk.path.display())?;
+                continue;
+            }
+        }
+        writeln!(out)?;
+        return Ok(Some(Choice { path: disk.path.clone(), erase: disk.content.is_some() }));
     }
 }
 

@@ -189,14 +189,28 @@ pub struct Boot<'a> {
     /// the CD 2: an empty image falls through to the CD).
     pub cdrom: Option<PathBuf>,
     /// An image attached as a USB stick (xHCI mass storage, read-only), booted after the
-    /// image as `cdrom` is.
+    /// image as `cdrom` is (under UEFI; under BIOS before it, see `boot_once`).
     pub usb: Option<PathBuf>,
     /// UEFI with Secure Boot enforced and Microsoft's keys enrolled.
     pub secure_boot: bool,
     /// The guest's writes to the image go into it (an installer's target), rather than being
     /// dropped.
     pub image_writable: bool,
+    /// What to do when the serial console shows a text, in order: each action waits for its
+    /// text after the previous one's.
+    pub on_console: Vec<(String, ConsoleAction)>,
 }
+
+/// What the harness does once the console shows a text (`Boot::on_console`).
+pub enum ConsoleAction {
+    /// Types a line on the console (a newline is added).
+    Type(String),
+    /// Runs a QMP command on the machine (JSON), e.g. unplugging a device.
+    Qmp(String),
+}
+
+/// The QEMU device id of the USB stick (`Boot::usb`), to unplug it.
+pub const USB_DEVICE_ID: &str = "stick";
 
 impl<'a> Boot<'a> {
     pub fn new(image: &'a Path, firmware: Firmware, name: &str) -> Self {
@@ -204,7 +218,7 @@ impl<'a> Boot<'a> {
         let log_dir = std::env::var_os("KILN_BOOT_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("kiln-boot-logs"));
-        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None, cdrom: None, usb: None, secure_boot: false, image_writable: false }
+        Boot { image, firmware, arch: Arch::X86_64, logical_block_size: None, log_dir, name: name.to_string(), timeout, memory_mib: MEMORY_MIB, extra_disks: Vec::new(), vars: None, cdrom: None, usb: None, secure_boot: false, image_writable: false, on_console: Vec::new() }
     }
 
     /// An aarch64 disk (UEFI, on `virt`).
@@ -283,7 +297,11 @@ impl<'a> Boot<'a> {
         cmd.args(["-m", &self.memory_mib.to_string()])
             // No -no-reboot: shim's fallback loader (fbx64.efi) resets once after it has
             // written the firmware boot entry, as on real hardware.
-            .args(["-nographic", "-monitor", "none", "-nic", "none"])
+            .args(["-nographic", "-monitor", "none", "-nic", "none"]);
+        // SeaBIOS boots only the first of the hard disks (drive 0x80), a USB stick being one:
+        // under BIOS the stick comes first, as a user picks it in the boot menu.
+        let stick_first = self.usb.is_some() && self.firmware == Firmware::Bios;
+        cmd
             .arg("-drive")
             .arg(format!(
                 "file={},format={},if=none,id=disk0{}",
@@ -295,7 +313,11 @@ impl<'a> Boot<'a> {
             .arg(match self.logical_block_size {
                 Some(n) => format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
                 None => "virtio-blk-pci,drive=disk0".to_string(),
-            } + if self.cdrom.is_some() || self.usb.is_some() { ",bootindex=1" } else { "" });
+            } + match (self.cdrom.is_some() || self.usb.is_some(), stick_first) {
+                (false, _) => "",
+                (true, false) => ",bootindex=1",
+                (true, true) => ",bootindex=2",
+            });
         if let Some(iso) = &self.cdrom {
             cmd.arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=cd0,readonly=on", iso.display()))
@@ -307,7 +329,7 @@ impl<'a> Boot<'a> {
                 .arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=usb0,readonly=on", stick.display()))
                 .arg("-device")
-                .arg("usb-storage,bus=xhci.0,drive=usb0,bootindex=2");
+                .arg(format!("usb-storage,bus=xhci.0,drive=usb0,bootindex={},id={USB_DEVICE_ID}", if stick_first { 1 } else { 2 }));
         }
         for (i, (disk, writable)) in self.extra_disks.iter().enumerate() {
             cmd.arg("-drive")
@@ -315,7 +337,20 @@ impl<'a> Boot<'a> {
                 .arg("-device")
                 .arg(format!("virtio-blk-pci,drive=extra{i}"));
         }
-        cmd.arg("-serial").arg(format!("file:{}", console.display()));
+        // A console the test acts on is a socket QEMU waits on (nothing is lost before the
+        // harness connects); the harness copies what it reads into the console log. QMP gets
+        // a socket of its own.
+        let socket = |what: &str| std::env::temp_dir().join(format!("kiln-{what}-{}-{}.sock", std::process::id(), self.name));
+        let (socket, qmp) = (socket("console"), socket("qmp"));
+        if self.on_console.is_empty() {
+            cmd.arg("-serial").arg(format!("file:{}", console.display()));
+        } else {
+            for s in [&socket, &qmp] {
+                let _ = fs::remove_file(s);
+            }
+            cmd.arg("-chardev").arg(format!("socket,id=console,path={},server=on,wait=on", socket.display())).args(["-serial", "chardev:console"]);
+            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
         match self.arch {
             Arch::X86_64 => cmd.arg("-serial").arg(format!("file:{}", probe.display())),
             // virt has one PL011 (QEMU 7.2): the probe gets a PCI 16550, after the disk so
@@ -339,6 +374,12 @@ impl<'a> Boot<'a> {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| err(format!("cannot start {qemu}: {e}")))?;
         let mut vm = KillOnDrop(child);
+        let mut typing = match self.on_console.is_empty() {
+            true => None,
+            false => Some(connect_console(&socket, &console, &mut vm.0).map_err(|m| err(format!("the console socket {}: {m}", socket.display())))?),
+        };
+        // The actions done so far, and where the console text after the last one's starts.
+        let (mut acted, mut seen_end) = (0, 0);
 
         let started = Instant::now();
         let outcome = loop {
@@ -346,6 +387,20 @@ impl<'a> Boot<'a> {
                 break Ok(Outcome::Report(report));
             }
             let console_text_now = strip_escapes(&read_lossy(&console));
+            if let (Some(stream), Some((text, action))) = (typing.as_mut(), self.on_console.get(acted)) {
+                if let Some(at) = console_text_now.get(seen_end..).and_then(|t| t.find(text.as_str())) {
+                    use std::io::Write;
+                    let done = match action {
+                        ConsoleAction::Type(line) => stream.write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("cannot type {line:?} on the console: {e}")),
+                        ConsoleAction::Qmp(command) => qmp_command(&qmp, command),
+                    };
+                    if let Err(m) = done {
+                        break Err(m);
+                    }
+                    eprintln!("{}: after {text:?}: {action:?}", self.name);
+                    (acted, seen_end) = (acted + 1, seen_end + at + text.len());
+                }
+            }
             if let Some(text) = console_text {
                 if console_text_now.contains(text) {
                     break Ok(Outcome::Console(tail(&console, 40)));
@@ -384,6 +439,10 @@ impl<'a> Boot<'a> {
             std::thread::sleep(Duration::from_millis(200));
         }
         drop(vm);
+        drop(typing);
+        for s in [&socket, &qmp] {
+            let _ = fs::remove_file(s);
+        }
         if self.vars.is_none() {
             let _ = fs::remove_file(&vars);
         }
@@ -402,6 +461,74 @@ impl<'a> Boot<'a> {
             ))),
         }
     }
+}
+
+/// Connects to the console socket QEMU listens on (it waits for this before starting the
+/// guest) and copies what the guest writes into the `log` file from a thread; returns the
+/// stream to type on.
+fn connect_console(socket: &Path, log: &Path, qemu: &mut Child) -> Result<std::os::unix::net::UnixStream, String> {
+    let started = Instant::now();
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) => {
+                if let Ok(Some(status)) = qemu.try_wait() {
+                    return Err(format!("QEMU exited ({status}) before listening"));
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    return Err(format!("cannot connect: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut file = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    // Ends when QEMU closes the socket.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut file));
+    Ok(stream)
+}
+
+impl fmt::Debug for ConsoleAction {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ConsoleAction::Type(line) => write!(f, "typed {line:?}"),
+            ConsoleAction::Qmp(command) => write!(f, "ran {command}"),
+        }
+    }
+}
+
+/// Runs one QMP command on the machine listening on `socket`: the greeting, the capabilities
+/// handshake, then the command; an error reply is an error.
+fn qmp_command(socket: &Path, command: &str) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("QMP {}: {e}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    // Each command's reply is the next line with "return" or "error" (events come between).
+    let mut reply = |sent: Option<&str>| -> Result<String, String> {
+        if let Some(c) = sent {
+            writer.write_all(format!("{c}\n").as_bytes()).map_err(|e| format!("QMP: {e}"))?;
+        }
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Err("QMP: the socket closed".into()),
+                Ok(_) if sent.is_none() || line.contains("\"return\"") || line.contains("\"error\"") => return Ok(line),
+                Ok(_) => {}
+                Err(e) => return Err(format!("QMP: {e}")),
+            }
+        }
+    };
+    reply(None)?;
+    for c in [r#"{"execute": "qmp_capabilities"}"#, command] {
+        let r = reply(Some(c))?;
+        if r.contains("\"error\"") {
+            return Err(format!("QMP {c}: {}", r.trim()));
+        }
+    }
+    Ok(())
 }
 
 enum Outcome {

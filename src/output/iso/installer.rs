@@ -78,7 +78,7 @@ const INSTALLER_KARGS: &str = "console=tty0 console=ttyS0,115200 rd.md=0 rd.lvm=
 #[serde(deny_unknown_fields)]
 pub struct IsoSettings {
     /// The disk to install to: a path, or `auto` (the only fixed disk large enough that is
-    /// not the medium); none: the installer lists the disks and stops.
+    /// not the medium); none: the installer lists the disks on the console and asks.
     pub target: Option<String>,
     /// Extra kernel arguments of the installed system.
     #[serde(default)]
@@ -176,7 +176,7 @@ fn install_settings(args: &BakeArgs, installer: Option<(&config::Installer, &str
         ensure!(!i.enroll_mok, "{source}: customizations.installer.enroll-mok: the installer ISO does not enroll MOK keys yet; remove the key and enroll it with mokutil on the installed system");
         match (&i.target_disk, i.unattended) {
             (Some(t), true) => config_target = Some(t.clone()),
-            (Some(t), false) => progress.warn(&format!("{source}: customizations.installer.target-disk {t:?} is not used: the install is not unattended (set unattended = true to install onto it without asking; otherwise the installer lists the disks and stops)")),
+            (Some(t), false) => progress.warn(&format!("{source}: customizations.installer.target-disk {t:?} is not used: the install is not unattended (set unattended = true to install onto it without asking; otherwise the installer lists the disks and asks which one)")),
             (None, _) => {}
         }
     }
