@@ -105,6 +105,16 @@ pub struct BakeArgs {
     /// off, so the medium can be removed first).
     #[arg(long)]
     pub iso_reboot: bool,
+    /// `--type iso`: the installer asks shim's MokManager to enroll a certificate on the
+    /// installed machine's next boot (UEFI only), as `install to-disk --enroll-mok` does:
+    /// `auto` takes the image's /etc/pki/akmods/certs/*.der; a DER file is carried on the ISO.
+    #[arg(long, value_name = "auto|PATH.der")]
+    pub iso_enroll_mok: Option<crate::install::nvram::EnrollMok>,
+    /// `--type iso`: the password MokManager asks for to enroll (default: the config's
+    /// `mok-password`, else Universal Blue's). The ISO carries it in the clear: it only
+    /// confirms the enrollment at the machine's console.
+    #[arg(long)]
+    pub iso_mok_password: Option<String>,
     /// `install to-disk --root-size`: the root partition's size, the rest of the disk left
     /// unallocated (a bake sizes its disk instead).
     #[arg(skip)]

@@ -12,18 +12,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::boot::{Boot, Firmware};
-use common::{run, test_image, Scratch};
+use common::{efivars, run, test_image, Scratch};
 
 const UNIT: &str = "kiln-guest-install.service";
 const DONE: &str = "KILN-GUEST-INSTALL rc=";
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-const SHIM_GUID: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
-const X509_GUID: &str = "a5c059a1-94e4-4aa7-87b5-ab155c2bf072";
 
 /// The guest's job: mount the second disk, install onto the third, report the exit status on
 /// the console. Ordered before the probe, which powers the guest off.
@@ -45,51 +43,10 @@ Before=kiln-probe.service
 Type=oneshot
 StandardOutput=journal+console
 StandardError=journal+console
-ExecStart=/bin/sh -c 'mkdir -p /run/job && mount -o ro /dev/vdb /run/job && /run/job/kiln install to-disk --progress plain --wipe --enroll-mok /run/job/test.der /dev/vdc oci-archive:/run/job/image.oci-archive; echo "{DONE}$$?"'
+ExecStart=/bin/sh -c 'mkdir -p /run/job && mount -o ro /dev/vdb /run/job && /run/job/kiln install to-disk --progress plain --wipe --enroll-mok /run/job/test-mok.der /dev/vdc oci-archive:/run/job/image.oci-archive; echo "{DONE}$$?"'
 '''
 "#
     )
-}
-
-fn virt_firmware_python() -> PathBuf {
-    let venv = std::env::var_os("KILN_VIRT_FIRMWARE_VENV").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/kiln-virt-firmware"));
-    let python = venv.join("bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/setup.sh (it installs virt-firmware there)", python.display());
-    python
-}
-
-/// What virt-firmware reads from the variable store: BootOrder, each boot entry's title and
-/// device path, the MOK request.
-const READ_VARS: &str = r#"
-import json, struct, sys
-from virt.firmware.varstore.edk2 import Edk2VarStore
-from virt.firmware.efi import bootentry, siglist
-vl = Edk2VarStore(sys.argv[1]).get_varlist()
-out = {"boot_order": [], "entries": {}, "mok_new": None, "mok_auth": None}
-if "BootOrder" in vl:
-    d = vl["BootOrder"].data
-    out["boot_order"] = ["Boot%04X" % struct.unpack_from("<H", d, i)[0] for i in range(0, len(d), 2)]
-for name, var in vl.items():
-    if name.startswith("Boot") and len(name) == 8 and name not in ("BootOrder", "BootNext"):
-        e = bootentry.BootEntry(data=var.data)
-        entry = {"title": str(e.title), "hd": None, "file": None}
-        for el in e.devicepath:
-            if el.is_type(0x04, 0x01):
-                nr, start, size = struct.unpack_from("<LQQ", el.data)
-                entry["hd"] = {"nr": nr, "start": start, "size": size, "guid": str(el.get_partuuid())}
-            elif el.is_type(0x04, 0x04):
-                entry["file"] = str(el.get_filepath())
-        out["entries"][name] = entry
-if "MokNew" in vl:
-    out["mok_new"] = [{"type": str(l.guid), "sigs": [{"owner": str(s["guid"]), "data": s["data"].hex()} for s in l]} for l in siglist.EfiSigDB(vl["MokNew"].data)]
-if "MokAuth" in vl:
-    out["mok_auth"] = {"attr": vl["MokAuth"].attr, "size": len(vl["MokAuth"].data)}
-print(json.dumps(out))
-"#;
-
-fn read_vars(vars: &Path) -> serde_json::Value {
-    let out = run(Command::new(virt_firmware_python()).arg("-c").arg(READ_VARS).arg(vars));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("virt-firmware's output: {e}\n{out}"))
 }
 
 fn console_text(path: &Path) -> String {
@@ -109,13 +66,7 @@ fn to_disk_in_a_uefi_guest_writes_the_boot_entry_and_the_mok_request() {
     if std::fs::hard_link(image.join("image.oci-archive"), &archive).is_err() {
         std::fs::copy(image.join("image.oci-archive"), &archive).unwrap();
     }
-    let der = job.join("test.der");
-    run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=kiln guest MOK test/", "-outform", "DER"])
-        .arg("-keyout")
-        .arg(s.path().join("test.key"))
-        .arg("-out")
-        .arg(&der));
+    let der = efivars::test_certificate(&job);
     let job_disk = s.path().join("job.raw");
     run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&job).arg(&job_disk).arg("600M"));
 
@@ -140,7 +91,7 @@ fn to_disk_in_a_uefi_guest_writes_the_boot_entry_and_the_mok_request() {
     assert_eq!(rc.as_deref(), Some("0"), "kiln install in the guest failed (console: {})\n{report}", report.console_log.display());
 
     // The variable store, read by virt-firmware; the ESP, read by sfdisk.
-    let found = read_vars(&vars);
+    let found = efivars::read_vars(&vars);
     println!("variables after the install: {found:#}");
     let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&target))).unwrap();
     let parts = table["partitiontable"]["partitions"].as_array().unwrap();
@@ -157,19 +108,9 @@ fn to_disk_in_a_uefi_guest_writes_the_boot_entry_and_the_mok_request() {
     let same_title = found["entries"].as_object().unwrap().values().filter(|e| e["title"] == "Debian GNU/Linux").count();
     assert_eq!(same_title, 1, "one entry with kiln's label: {found:#}");
 
-    let request = found["mok_new"].as_array().expect("MokNew is set");
-    assert_eq!(request.len(), 1, "{found:#}");
-    assert_eq!(request[0]["type"], X509_GUID, "{found:#}");
-    let sigs = request[0]["sigs"].as_array().unwrap();
-    assert_eq!(sigs.len(), 1, "{found:#}");
-    assert_eq!(sigs[0]["owner"], SHIM_GUID, "{found:#}");
-    assert_eq!(sigs[0]["data"].as_str(), Some(hex::encode(std::fs::read(&der).unwrap()).as_str()), "MokNew does not hold the certificate");
-    assert_eq!(found["mok_auth"]["size"], 172, "{found:#}");
-    assert_eq!(found["mok_auth"]["attr"], 7, "{found:#}");
-
     // Without the request (shim would wait in MokManager for someone to type the password),
     // the installed disk boots alone through kiln's entry.
-    run(Command::new(virt_firmware_python().with_file_name("virt-fw-vars")).arg("--inplace").arg(&vars).args(["-d", "MokNew", "-d", "MokAuth"]));
+    efivars::assert_mok_request_and_remove_it(&vars, &der);
     let mut installed = Boot::new(&target, Firmware::Uefi, "install-guest-installed");
     installed.vars = Some(vars.clone());
     let report = installed.run().unwrap_or_else(|e| panic!("{e}"));

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::boot::{Boot, ConsoleAction, Firmware, USB_DEVICE_ID};
 use common::hybrid_iso::{assert_hybrid_boot, sha};
-use common::{bake_fails, kiln, oci, run, test_image, Scratch};
+use common::{bake_fails, efivars, kiln, oci, run, test_image, Scratch};
 
 fn bake_iso(s: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out = s.join(name);
@@ -188,13 +188,15 @@ fn install_boot<'a>(target: &'a Path, firmware: Firmware, name: &str) -> Boot<'a
     boot
 }
 
-/// The unattended ISO (`--iso-target-disk auto`) as a CD under UEFI, an empty disk first in the
-/// boot order: the installer installs onto that disk and powers off; the disk then boots alone,
-/// with the variable store the install wrote, and every probe check passes.
+/// The unattended ISO (`--iso-target-disk auto`, a MOK to enroll) as a CD under UEFI, an empty
+/// disk first in the boot order: the installer installs onto that disk, requests the MOK's
+/// enrollment (virt-firmware reads the request in the variable store) and powers off; the disk
+/// then boots alone, with the variable store the install wrote, and every probe check passes.
 #[test]
 fn iso_installs_unattended_from_cd_under_uefi() {
     let s = Scratch::new("installer-iso-install");
-    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto", "--target-imgref", TARGET_IMGREF]);
+    let der = efivars::test_certificate(s.path());
+    let iso = bake_iso(s.path(), "out", &["--iso-target-disk", "auto", "--target-imgref", TARGET_IMGREF, "--iso-enroll-mok", der.to_str().unwrap()]);
     let target = s.path().join("target.raw");
     fs::File::create(&target).unwrap().set_len(8 << 30).unwrap();
     let vars = s.path().join("OVMF_VARS.fd");
@@ -203,6 +205,7 @@ fn iso_installs_unattended_from_cd_under_uefi() {
     installer.vars = Some(vars.clone());
     let tail = installer.until_console("kiln installer: installed onto /dev/vda; powering off").unwrap_or_else(|e| panic!("{e}"));
     println!("{tail}");
+    efivars::assert_mok_request_and_remove_it(&vars, &der);
 
     let mut installed = Boot::new(&target, Firmware::Uefi, "installer-iso-installed");
     installed.vars = Some(vars);
@@ -367,13 +370,23 @@ fn iso_takes_its_install_settings_from_the_config_file() {
     let unit = fs::read_to_string(unpacked.join("etc/systemd/system/kiln-install.service")).unwrap();
     assert!(unit.lines().any(|l| l == "SuccessAction=poweroff"), "{unit}");
 
-    // --iso-reboot without a config; the installer wipes the disk it is told to use.
-    let iso = bake_iso(s.path(), "reboot", &["--iso-reboot", "--iso-target-disk", "auto"]);
+    // --iso-reboot without a config; the installer wipes the disk it is told to use. A MOK
+    // certificate travels on the ISO, its password in the settings.
+    let der = efivars::test_certificate(s.path());
+    let iso = bake_iso(s.path(), "reboot", &["--iso-reboot", "--iso-target-disk", "auto", "--iso-enroll-mok", der.to_str().unwrap(), "--iso-mok-password", "kiln test"]);
     let (_, unpacked) = unpack_iso(&iso, &s.path().join("reboot-files"));
     let settings = iso_settings(&unpacked);
     assert_eq!((settings["target"].as_str(), settings["wipe"].as_bool(), settings["reboot"].as_bool()), (Some("auto"), Some(true), Some(true)), "{settings}");
+    assert_eq!((settings["enroll_mok"].as_str(), settings["mok_password"].as_str()), (Some("kiln/mok.der"), Some("kiln test")), "{settings}");
+    let carried = s.path().join("carried.der");
+    run(Command::new("osirrox").arg("-indev").arg(&iso).args(["-extract", "/kiln/mok.der"]).arg(&carried));
+    assert_eq!(fs::read(&carried).unwrap(), fs::read(&der).unwrap(), "the ISO's /kiln/mok.der is not the certificate");
 
-    // What the ISO cannot do yet is refused, naming the key.
+    // MOK requests the installer could not carry out are refused at bake time, naming the key.
     fs::write(&config, "[customizations.installer]\nenroll-mok = true\n").unwrap();
-    bake_fails(&s, &image, &["--type", "iso", "--config", config.to_str().unwrap()], &["customizations.installer.enroll-mok", "does not enroll MOK keys yet"]);
+    bake_fails(&s, &image, &["--type", "iso", "--config", config.to_str().unwrap()], &["customizations.installer.enroll-mok", "the image has no /etc/pki/akmods/certs/*.der"]);
+    let pem = s.path().join("test-mok.pem");
+    run(Command::new("openssl").args(["x509", "-inform", "DER", "-in"]).arg(&der).arg("-out").arg(&pem));
+    bake_fails(&s, &image, &["--type", "iso", "--iso-enroll-mok", pem.to_str().unwrap()], &["test-mok.pem is PEM; MOK enrollment takes DER"]);
+    bake_fails(&s, &image, &["--type", "iso", "--iso-mok-password", "x"], &["--iso-mok-password without --iso-enroll-mok"]);
 }

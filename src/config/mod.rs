@@ -140,7 +140,9 @@ pub struct Installer {
     /// Kernel arguments of the installer's own boot.
     pub kargs: Vec<String>,
     pub filesystem: Option<String>,
+    /// Enroll the image's akmods certificates (`auto`).
     pub enroll_mok: bool,
+    pub mok_password: Option<String>,
     pub finish: Finish,
 }
 
@@ -669,6 +671,9 @@ fn installer(i: schema::Installer) -> Result<Installer> {
         Some("reboot") => Finish::Reboot,
         Some(f) => bail!("customizations.installer.finish: {f:?} must be \"poweroff\" or \"reboot\""),
     };
+    if let Some(p) = &i.mok_password {
+        crate::efi::mok::check_password(p).context("customizations.installer.mok-password")?;
+    }
     if i.unattended == Some(true) && i.target_disk.is_none() {
         bail!("customizations.installer: an unattended install needs target-disk (a device path, or \"auto\" for the only fixed disk large enough)");
     }
@@ -679,6 +684,7 @@ fn installer(i: schema::Installer) -> Result<Installer> {
         kargs: i.kargs.unwrap_or_default(),
         filesystem: i.filesystem,
         enroll_mok: i.enroll_mok.unwrap_or(false),
+        mok_password: i.mok_password.clone(),
         finish,
     })
 }

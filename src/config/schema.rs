@@ -190,6 +190,7 @@ pub struct Installer {
     pub kargs: Option<Vec<String>>,
     pub filesystem: Option<String>,
     pub enroll_mok: Option<bool>,
+    pub mok_password: Option<String>,
     pub finish: Option<String>,
     pub sudo_nopasswd: Option<Refused>,
     pub kickstart: Option<Refused>,

@@ -215,7 +215,7 @@ append = 'quiet foo="a b" bar=1'
 
 #[test]
 fn installer_settings_are_carried() {
-    let c = toml("[customizations.installer]\nunattended = true\ntarget-disk = \"auto\"\nwipe = true\nkargs = [\"console=ttyS0\"]\nfilesystem = \"xfs\"\nenroll-mok = true\nfinish = \"reboot\"\n").unwrap();
+    let c = toml("[customizations.installer]\nunattended = true\ntarget-disk = \"auto\"\nwipe = true\nkargs = [\"console=ttyS0\"]\nfilesystem = \"xfs\"\nenroll-mok = true\nmok-password = \"kiln test\"\nfinish = \"reboot\"\n").unwrap();
     assert_eq!(
         c.installer,
         Some(Installer {
@@ -225,11 +225,14 @@ fn installer_settings_are_carried() {
             kargs: vec!["console=ttyS0".into()],
             filesystem: Some("xfs".into()),
             enroll_mok: true,
+            mok_password: Some("kiln test".into()),
             finish: Finish::Reboot
         })
     );
     let e = err(toml("[customizations.installer]\nunattended = true\n"));
     assert!(e.contains("target-disk"), "{e}");
+    let e = err(toml("[customizations.installer]\nmok-password = \"\"\n"));
+    assert!(e.contains("customizations.installer.mok-password") && e.contains("1 to 256 characters"), "{e}");
 }
 
 /// The configs of bib's manifest tests (bootc-image-builder/test/test_manifest.py) and what

@@ -7,7 +7,8 @@
 //! disk large enough that is not the medium; none: it lists the disks on the console and asks
 //! which one, and to confirm erasing it when it holds data), mounts the medium read-only and
 //! runs `install to-disk` (`--wipe` when the settings say so, or the user confirmed) with the
-//! payload on it. The unit powers the machine off (or reboots it) when this succeeds.
+//! payload on it, requesting the MOK enrollment the settings ask for when the machine booted
+//! through UEFI. The unit powers the machine off (or reboots it) when this succeeds.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,17 @@ pub fn run(progress: &Progress) -> Result<()> {
     for k in &settings.kargs {
         argv.push(format!("--karg={k}"));
     }
+    if let Some(certificate) = &settings.enroll_mok {
+        // MokManager is shim's, a UEFI program: a machine booted through BIOS has no use for
+        // the request (and no variables to hold it).
+        if Path::new(EFI_FIRMWARE).exists() {
+            let certificate = if certificate == "auto" { certificate.clone() } else { mount_point.join(certificate).display().to_string() };
+            argv.extend(["--enroll-mok".into(), certificate]);
+            argv.extend(settings.mok_password.iter().flat_map(|p| ["--mok-password".into(), p.clone()]));
+        } else {
+            progress.info("kiln installer: this machine booted through BIOS: no MOK enrollment requested (MokManager runs under UEFI)");
+        }
+    }
     argv.extend([target.display().to_string(), image]);
     let matches = ToDiskArgs::augment_args(clap::Command::new("to-disk")).try_get_matches_from(&argv)?;
     let args = ToDiskArgs::from_arg_matches(&matches)?;
@@ -104,6 +116,8 @@ pub fn run(progress: &Progress) -> Result<()> {
 
 /// The kernel argument naming the target disk (before the ISO's settings).
 const DISK_KARG: &str = "kiln.install.disk";
+/// Present when the machine booted through UEFI.
+const EFI_FIRMWARE: &str = "/sys/firmware/efi";
 /// Where the medium is mounted (read-only) while the payload is installed.
 const MEDIUM_MOUNT: &str = "/run/kiln-medium";
 /// The least size of a disk `auto` takes.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod boot;
+pub mod efivars;
 pub mod gpt;
 pub mod hybrid_iso;
 pub mod moto;

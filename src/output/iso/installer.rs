@@ -36,6 +36,9 @@ use crate::bootloader::{self, core_image, image_files::ImageRoot};
 use crate::cli::BakeArgs;
 use crate::config;
 use crate::disk::Ids;
+use crate::efi::image::AKMODS_CERTS;
+use crate::efi::mok;
+use crate::install::nvram::EnrollMok;
 use crate::image::Image;
 use crate::progress::Progress;
 use crate::tree::{self, ContentKey, ContentStore, Dir, Meta, Node};
@@ -46,6 +49,8 @@ pub const MEDIUM_KARG: &str = "kiln.iso";
 pub const SETTINGS_PATH: &str = "etc/kiln/iso.toml";
 /// Where the payload is on the ISO.
 pub const PAYLOAD_DIR: &str = "kiln/image";
+/// Where the certificate `--iso-enroll-mok PATH.der` names is on the ISO.
+const MOK_CERTIFICATE: &str = "kiln/mok.der";
 /// Where kiln and the libraries it runs with are in the installer's initramfs.
 pub const BUNDLE_DIR: &str = "usr/lib/kiln";
 const TARGET_UNIT: &str = "kiln-install.target";
@@ -96,6 +101,11 @@ pub struct IsoSettings {
     pub wipe: bool,
     /// Reboot rather than power off once installed.
     pub reboot: bool,
+    /// Ask MokManager to enroll certificates on the installed machine's next boot (under UEFI):
+    /// `auto` (the image's akmods certificates), or a DER file's path on the medium.
+    pub enroll_mok: Option<String>,
+    /// The password MokManager asks for, with `enroll_mok`.
+    pub mok_password: Option<String>,
 }
 
 /// Builds the installer ISO of `args.image` into `out` (an empty file); the work files go in
@@ -134,7 +144,8 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     }
     let config = args.config.as_deref().map(config::load).transpose()?;
     let installer = config.as_ref().and_then(|c| c.installer.as_ref().map(|i| (i, c.source.as_str())));
-    let settings = install_settings(args, installer, medium_id.clone(), target_imgref, progress)?;
+    let mut settings = install_settings(args, installer, medium_id.clone(), target_imgref, progress)?;
+    let mok_certificate = mok_request(args, installer, &root, &mut settings)?;
     let boot_kargs = installer.map(|(i, _)| i.kargs.join(" ")).unwrap_or_default();
     let kiln_img = run_dir.join("kiln.img");
     write_kiln_img(&kiln_img, &settings, &image_root, unix_time, run_dir)?;
@@ -149,6 +160,7 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     for module in image_root.list_dir(&bios.modules_dir)?.into_iter().filter(|e| !e.is_dir && e.name != "eltorito.img") {
         files.push(IsoFile { path: format!("boot/grub/i386-pc/{}", module.name), content: Content::File(image_root.require(&module.path)?) });
     }
+    files.extend(mok_certificate.map(|der| IsoFile { path: MOK_CERTIFICATE.into(), content: Content::Bytes(der) }));
     files.extend(payload_files(&image, run_dir)?);
     let spec = IsoSpec {
         volume_id,
@@ -173,7 +185,6 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
 fn install_settings(args: &BakeArgs, installer: Option<(&config::Installer, &str)>, medium_id: String, target_imgref: Option<String>, progress: &Progress) -> Result<IsoSettings> {
     let mut config_target = None;
     if let Some((i, source)) = installer {
-        ensure!(!i.enroll_mok, "{source}: customizations.installer.enroll-mok: the installer ISO does not enroll MOK keys yet; remove the key and enroll it with mokutil on the installed system");
         match (&i.target_disk, i.unattended) {
             (Some(t), true) => config_target = Some(t.clone()),
             (Some(t), false) => progress.warn(&format!("{source}: customizations.installer.target-disk {t:?} is not used: the install is not unattended (set unattended = true to install onto it without asking; otherwise the installer lists the disks and asks which one)")),
@@ -189,7 +200,42 @@ fn install_settings(args: &BakeArgs, installer: Option<(&config::Installer, &str
         target_imgref,
         wipe: installer.is_none_or(|i| i.wipe),
         reboot: args.iso_reboot || installer.is_some_and(|i| i.finish == config::Finish::Reboot),
+        enroll_mok: None,
+        mok_password: None,
     })
+}
+
+/// The MOK request the installer makes (`--iso-enroll-mok`, else the config's `enroll-mok =
+/// true`: auto), checked now rather than on the machine being installed: a certificate file
+/// must be DER (it is returned, to go on the ISO), `auto` needs the image's akmods
+/// certificates (`root`: the image's extracted files), the password one MokManager takes.
+fn mok_request(args: &BakeArgs, installer: Option<(&config::Installer, &str)>, root: &Path, settings: &mut IsoSettings) -> Result<Option<Vec<u8>>> {
+    let config_auto = installer.is_some_and(|(i, _)| i.enroll_mok).then_some(EnrollMok::Auto);
+    let Some(request) = args.iso_enroll_mok.clone().or(config_auto) else {
+        ensure!(args.iso_mok_password.is_none(), "--iso-mok-password without --iso-enroll-mok: there is no MOK request for it to confirm");
+        return Ok(None);
+    };
+    let password = args.iso_mok_password.clone().or_else(|| installer.and_then(|(i, _)| i.mok_password.clone())).unwrap_or_else(|| mok::DEFAULT_PASSWORD.into());
+    mok::check_password(&password).context("--iso-mok-password")?;
+    settings.mok_password = Some(password);
+    let certificate = match request {
+        EnrollMok::Auto => {
+            let has_der = |dir: &Path| std::fs::read_dir(dir).ok().is_some_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().as_bytes().ends_with(b".der"))));
+            ensure!(
+                has_der(&root.join(AKMODS_CERTS)),
+                "MOK enrollment auto (--iso-enroll-mok or the config's customizations.installer.enroll-mok): the image has no /{AKMODS_CERTS}/*.der (Universal Blue and Immutablue images ship their akmods key there); pass --iso-enroll-mok PATH.der"
+            );
+            settings.enroll_mok = Some("auto".into());
+            None
+        }
+        EnrollMok::File(path) => {
+            let der = std::fs::read(&path).with_context(|| format!("--iso-enroll-mok: cannot read {}", path.display()))?;
+            mok::check_certificate(&der, &path.display().to_string())?;
+            settings.enroll_mok = Some(MOK_CERTIFICATE.into());
+            Some(der)
+        }
+    };
+    Ok(certificate)
 }
 
 /// The time the volume's records carry: the image's creation for a seeded (reproducible)
@@ -221,7 +267,7 @@ fn extract_boot_files(image: &Image, root: &Path, progress: &Progress) -> Result
 
 /// Paths below which the ISO takes the image's files.
 fn wanted(path: &str) -> bool {
-    const PREFIXES: &[&str] = &["usr/lib/efi/", "usr/lib/bootupd/updates/", "usr/lib/grub/", "usr/lib/shim/", "usr/lib/os-release", "etc/os-release"];
+    const PREFIXES: &[&str] = &["usr/lib/efi/", "usr/lib/bootupd/updates/", "usr/lib/grub/", "usr/lib/shim/", "usr/lib/os-release", "etc/os-release", AKMODS_CERTS];
     let kernel_file = path.strip_prefix("usr/lib/modules/").is_some_and(|rest| matches!(rest.split_once('/'), Some((_, "vmlinuz" | "initramfs.img"))));
     let tool = IMAGE_TOOLS.iter().any(|(p, _)| *p == path);
     // The libraries the tools may need (one directory level: not the whole of /usr/lib).

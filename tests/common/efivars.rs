@@ -1,0 +1,81 @@
+//! An OVMF variable store as virt-firmware (not kiln's code) reads it: boot entries, and the
+//! MOK request `mokutil --import` would write.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::run;
+
+const SHIM_GUID: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
+const X509_GUID: &str = "a5c059a1-94e4-4aa7-87b5-ab155c2bf072";
+
+fn virt_firmware_python() -> PathBuf {
+    let venv = std::env::var_os("KILN_VIRT_FIRMWARE_VENV").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/kiln-virt-firmware"));
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh (it installs virt-firmware there)", python.display());
+    python
+}
+
+/// What virt-firmware reads from the variable store: BootOrder, each boot entry's title and
+/// device path, the MOK request.
+const READ_VARS: &str = r#"
+import json, struct, sys
+from virt.firmware.varstore.edk2 import Edk2VarStore
+from virt.firmware.efi import bootentry, siglist
+vl = Edk2VarStore(sys.argv[1]).get_varlist()
+out = {"boot_order": [], "entries": {}, "mok_new": None, "mok_auth": None}
+if "BootOrder" in vl:
+    d = vl["BootOrder"].data
+    out["boot_order"] = ["Boot%04X" % struct.unpack_from("<H", d, i)[0] for i in range(0, len(d), 2)]
+for name, var in vl.items():
+    if name.startswith("Boot") and len(name) == 8 and name not in ("BootOrder", "BootNext"):
+        e = bootentry.BootEntry(data=var.data)
+        entry = {"title": str(e.title), "hd": None, "file": None}
+        for el in e.devicepath:
+            if el.is_type(0x04, 0x01):
+                nr, start, size = struct.unpack_from("<LQQ", el.data)
+                entry["hd"] = {"nr": nr, "start": start, "size": size, "guid": str(el.get_partuuid())}
+            elif el.is_type(0x04, 0x04):
+                entry["file"] = str(el.get_filepath())
+        out["entries"][name] = entry
+if "MokNew" in vl:
+    out["mok_new"] = [{"type": str(l.guid), "sigs": [{"owner": str(s["guid"]), "data": s["data"].hex()} for s in l]} for l in siglist.EfiSigDB(vl["MokNew"].data)]
+if "MokAuth" in vl:
+    out["mok_auth"] = {"attr": vl["MokAuth"].attr, "size": len(vl["MokAuth"].data)}
+print(json.dumps(out))
+"#;
+
+pub fn read_vars(vars: &Path) -> serde_json::Value {
+    let out = run(Command::new(virt_firmware_python()).arg("-c").arg(READ_VARS).arg(vars));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("virt-firmware's output: {e}\n{out}"))
+}
+
+/// A self-signed certificate in DER form (openssl's), as a MOK to enroll.
+pub fn test_certificate(dir: &Path) -> PathBuf {
+    let der = dir.join("test-mok.der");
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=kiln MOK test/", "-outform", "DER"])
+        .arg("-keyout")
+        .arg(dir.join("test-mok.key"))
+        .arg("-out")
+        .arg(&der));
+    der
+}
+
+/// The store holds a request to enroll `der` alone, as mokutil makes it (MokNew: one X509
+/// list owned by shim; MokAuth: mokutil's 172-byte password hash, non-volatile, boot and
+/// runtime access); then the request is removed: with it shim would wait in MokManager for
+/// someone to type the password.
+pub fn assert_mok_request_and_remove_it(vars: &Path, der: &Path) {
+    let found = read_vars(vars);
+    let request = found["mok_new"].as_array().unwrap_or_else(|| panic!("MokNew is not set: {found:#}"));
+    assert_eq!(request.len(), 1, "{found:#}");
+    assert_eq!(request[0]["type"], X509_GUID, "{found:#}");
+    let sigs = request[0]["sigs"].as_array().unwrap();
+    assert_eq!(sigs.len(), 1, "{found:#}");
+    assert_eq!(sigs[0]["owner"], SHIM_GUID, "{found:#}");
+    assert_eq!(sigs[0]["data"].as_str(), Some(hex::encode(std::fs::read(der).unwrap()).as_str()), "MokNew does not hold the certificate");
+    assert_eq!(found["mok_auth"]["size"], 172, "{found:#}");
+    assert_eq!(found["mok_auth"]["attr"], 7, "{found:#}");
+    run(Command::new(virt_firmware_python().with_file_name("virt-fw-vars")).arg("--inplace").arg(vars).args(["-d", "MokNew", "-d", "MokAuth"]));
+}
