@@ -220,10 +220,11 @@ fn allocated_blocks(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks()
 }
 
-/// No target named, two empty disks, the ISO as a CD under BIOS (SeaBIOS: El Torito's GRUB
-/// core): the installer shows the disk table on the console and asks; the test answers with
-/// the second disk. The install writes that disk only, and the disk then boots under BIOS with
-/// every probe check.
+/// No target named, an empty disk and one holding an ext4 filesystem, the ISO as a CD under BIOS
+/// (SeaBIOS: El Torito's GRUB core): the installer shows the disk table on the console and
+/// asks. The test answers a number no disk has (asked again), then the second disk but not
+/// "yes" to erasing it (left alone, asked again), then the second disk and "yes". The install
+/// writes that disk only, and the disk then boots under BIOS with every probe check.
 #[test]
 fn iso_asks_for_the_target_and_installs_it_under_bios() {
     let s = Scratch::new("installer-iso-ask");
@@ -232,10 +233,18 @@ fn iso_asks_for_the_target_and_installs_it_under_bios() {
     for d in [&first, &second] {
         fs::File::create(d).unwrap().set_len(8 << 30).unwrap();
     }
+    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&second));
     let mut installer = install_boot(&first, Firmware::Bios, "installer-iso-ask");
     installer.cdrom = Some(iso);
     installer.extra_disks = vec![(second.clone(), true)];
-    installer.on_console = vec![("install onto which disk?".into(), ConsoleAction::Type("2".into()))];
+    let answer = |prompt: &str, line: &str| (prompt.to_string(), ConsoleAction::Type(line.into()));
+    installer.on_console = vec![
+        answer("install onto which disk?", "7"),
+        answer("install onto which disk?", "2"),
+        answer("type yes to go on:", "no"),
+        answer("install onto which disk?", "/dev/vdb"),
+        answer("type yes to go on:", "yes"),
+    ];
     let tail = installer.until_console("kiln installer: installed onto ").unwrap_or_else(|e| panic!("{e}"));
     println!("{tail}");
     let console = String::from_utf8_lossy(&fs::read(installer.log_dir.join("installer-iso-ask-bios.console.log")).unwrap()).into_owned();
@@ -243,7 +252,9 @@ fn iso_asks_for_the_target_and_installs_it_under_bios() {
     let row = |disk: &str| console.lines().find(|l| l.split_whitespace().nth(1) == Some(disk)).map(|l| l.split_whitespace().collect::<Vec<_>>());
     assert!(console.lines().any(|l| l.split_whitespace().eq(["#", "DISK", "SIZE", "MODEL", "SERIAL", "CONTENT"])), "no disk table header:\n{console}");
     assert_eq!(row("/dev/vda"), Some(vec!["1", "/dev/vda", "8.0", "GiB", "-", "-", "empty"]), "{console}");
-    assert_eq!(row("/dev/vdb"), Some(vec!["2", "/dev/vdb", "8.0", "GiB", "-", "-", "empty"]), "{console}");
+    assert_eq!(row("/dev/vdb"), Some(vec!["2", "/dev/vdb", "8.0", "GiB", "-", "-", "an", "ext2/3/4", "filesystem"]), "{console}");
+    assert!(console.contains("kiln installer: \"7\" is none of the disks listed"), "{console}");
+    assert!(console.contains("kiln installer: /dev/vdb is left as it is"), "{console}");
     assert!(console.contains("kiln installer: the medium is /dev/sr0"), "{console}");
     assert_eq!(allocated_blocks(&first), 0, "the installer wrote to the disk it was not told to use:\n{tail}");
     assert!(tail.contains("kiln installer: installed onto /dev/vdb; powering off"), "{tail}");
