@@ -196,6 +196,30 @@ fn refuses_a_layer_whose_diff_id_differs() {
     assert!(err.contains("does not match"), "{err}");
 }
 
+/// A bake sizes the disk from the uncompressed layers, and that pass is where a zstd layer's
+/// tar meets its diff_id (the later pass checks only the blob's digest): a wrong diff_id on the
+/// test image's zstd layer stops the bake there, naming the layer, with nothing left behind.
+#[test]
+fn bake_refuses_a_zstd_layer_whose_diff_id_differs() {
+    let s = Scratch::new("bake-bad-diffid");
+    let layout = s.path().join("layout");
+    let image = test_image().join("oci");
+    // Blobs hard-linked (never written: rewrite_config adds new ones), the index copied.
+    run(Command::new("cp").arg("-rl").arg(&image).arg(&layout));
+    std::fs::remove_file(layout.join("index.json")).unwrap();
+    std::fs::copy(image.join("index.json"), layout.join("index.json")).unwrap();
+    let read = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let index = read(layout.join("index.json"));
+    let manifest = read(layout.join("blobs/sha256").join(&index["manifests"][0]["digest"].as_str().unwrap()[7..]));
+    let layers = manifest["layers"].as_array().unwrap();
+    let zstd = layers.iter().position(|l| l["mediaType"].as_str().unwrap().ends_with("+zstd")).expect("the test image has a zstd layer");
+    rewrite_config(&layout, |c| c["rootfs"]["diff_ids"][zstd] = json!(format!("sha256:{}", "0".repeat(64))));
+    let reference = format!("oci:{}:latest", layout.display());
+    let layer = format!("layer {}/{}", zstd + 1, layers.len());
+    let err = common::bake_fails(&s, &reference, &["--rootfs", "ext4", "--progress", "plain"], &[&layer, "uncompressed tar (diff_id)", "does not match"]);
+    assert!(!err.contains("layers: started"), "the layers pass began before the check:\n{err}");
+}
+
 /// A single image is taken for its own architecture unless --target-arch names another.
 #[test]
 fn refuses_an_image_for_another_architecture_than_the_one_asked() {

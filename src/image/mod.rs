@@ -14,6 +14,7 @@ mod storage;
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -109,6 +110,10 @@ pub struct Image {
     pub config: ImageConfig,
     pub layers: Vec<Layer>,
     transport: Box<dyn Transport>,
+    /// Per layer: its tar already matched its diff_id (in the sizing pass, which decompresses
+    /// it anyway, hashing on another core); reading it again then checks only the blob's
+    /// digest, which proves the same bytes, and the decompressing thread does not hash.
+    diff_id_checked: Vec<AtomicBool>,
 }
 
 impl Image {
@@ -184,6 +189,7 @@ impl Image {
             manifest,
             config_bytes,
             config,
+            diff_id_checked: layers.iter().map(|_| AtomicBool::new(false)).collect(),
             layers,
             transport,
         })
@@ -220,7 +226,8 @@ impl Image {
         let verified = blob::Verified::new(raw, &layer.descriptor.digest, Some(layer.descriptor.size), what.clone());
         let (compression, tar) = blob::decompress(blob::pipelined(Box::new(verified)), &layer.descriptor.media_type)
             .with_context(|| format!("{what}: reading"))?;
-        let stream: Box<dyn Read + Send> = if compression == blob::Compression::None && layer.diff_id == layer.descriptor.digest {
+        let tar_is_blob = compression == blob::Compression::None && layer.diff_id == layer.descriptor.digest;
+        let stream: Box<dyn Read + Send> = if tar_is_blob || self.diff_id_checked[i].load(Ordering::SeqCst) {
             tar
         } else {
             Box::new(blob::Verified::new(tar, &layer.diff_id, None, format!("{what}: uncompressed tar (diff_id)")))
@@ -265,8 +272,9 @@ impl Image {
     }
 
     /// The total size of the layers' uncompressed tars: hints where there are, counting the
-    /// other layers by decompressing them, on every core. Only the size is wanted here, so the
-    /// blobs are not hashed: the pass that uses their bytes checks every digest.
+    /// other layers by decompressing them, on every core. The tars are checked against their
+    /// diff_ids here (hashed on a thread beside the decompressing one), so the pass that uses
+    /// their bytes checks only the blobs' digests.
     pub fn uncompressed_size(&self) -> Result<u64> {
         let unknown: Vec<usize> = (0..self.layers.len()).filter(|&i| self.uncompressed_size_hint(i).is_none()).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -274,7 +282,10 @@ impl Image {
             let d = &self.layers[i].descriptor;
             let raw = self.transport.blob(d)?;
             let (_, tar) = blob::decompress(raw, &d.media_type)?;
-            Ok(blob::count(tar)?)
+            // The caller's context names the image and the layer.
+            let size = blob::count(blob::Verified::new(blob::pipelined(tar), &self.layers[i].diff_id, None, "uncompressed tar (diff_id)"))?;
+            self.diff_id_checked[i].store(true, Ordering::SeqCst);
+            Ok(size)
         };
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(unknown.len());
         let counted: Vec<Result<u64>> = std::thread::scope(|s| {
@@ -282,7 +293,7 @@ impl Image {
                 .map(|_| {
                     s.spawn(|| {
                         let mut sum = 0;
-                        while let Some(&i) = unknown.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) {
+                        while let Some(&i) = unknown.get(next.fetch_add(1, Ordering::SeqCst)) {
                             sum += count(i).with_context(|| format!("{}: {}", self.describe(), self.layers[i].describe(self.layers.len())))?;
                         }
                         Ok(sum)
