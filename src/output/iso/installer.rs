@@ -36,7 +36,7 @@ use crate::bootloader::{self, core_image, image_files::ImageRoot};
 use crate::cli::BakeArgs;
 use crate::config;
 use crate::disk::Ids;
-use crate::efi::image::AKMODS_CERTS;
+use crate::efi::image::{ImageFirmware, AKMODS_CERTS};
 use crate::efi::mok;
 use crate::install::nvram::EnrollMok;
 use crate::image::Image;
@@ -145,7 +145,7 @@ pub fn bake(args: &BakeArgs, out: &File, run_dir: &Path, progress: &Progress) ->
     let config = args.config.as_deref().map(config::load).transpose()?;
     let installer = config.as_ref().and_then(|c| c.installer.as_ref().map(|i| (i, c.source.as_str())));
     let mut settings = install_settings(args, installer, medium_id.clone(), target_imgref, progress)?;
-    let mok_certificate = mok_request(args, installer, &root, &mut settings)?;
+    let mok_certificate = mok_request(args, installer, &image_root, &mut settings)?;
     let boot_kargs = installer.map(|(i, _)| i.kargs.join(" ")).unwrap_or_default();
     let kiln_img = run_dir.join("kiln.img");
     write_kiln_img(&kiln_img, &settings, &image_root, unix_time, run_dir)?;
@@ -208,8 +208,8 @@ fn install_settings(args: &BakeArgs, installer: Option<(&config::Installer, &str
 /// The MOK request the installer makes (`--iso-enroll-mok`, else the config's `enroll-mok =
 /// true`: auto), checked now rather than on the machine being installed: a certificate file
 /// must be DER (it is returned, to go on the ISO), `auto` needs the image's akmods
-/// certificates (`root`: the image's extracted files), the password one MokManager takes.
-fn mok_request(args: &BakeArgs, installer: Option<(&config::Installer, &str)>, root: &Path, settings: &mut IsoSettings) -> Result<Option<Vec<u8>>> {
+/// certificates (read as `install to-disk` reads them), the password one MokManager takes.
+fn mok_request(args: &BakeArgs, installer: Option<(&config::Installer, &str)>, image: &ImageRoot, settings: &mut IsoSettings) -> Result<Option<Vec<u8>>> {
     let config_auto = installer.is_some_and(|(i, _)| i.enroll_mok).then_some(EnrollMok::Auto);
     let Some(request) = args.iso_enroll_mok.clone().or(config_auto) else {
         ensure!(args.iso_mok_password.is_none(), "--iso-mok-password without --iso-enroll-mok: there is no MOK request for it to confirm");
@@ -220,9 +220,8 @@ fn mok_request(args: &BakeArgs, installer: Option<(&config::Installer, &str)>, r
     settings.mok_password = Some(password);
     let certificate = match request {
         EnrollMok::Auto => {
-            let has_der = |dir: &Path| std::fs::read_dir(dir).ok().is_some_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().as_bytes().ends_with(b".der"))));
             ensure!(
-                has_der(&root.join(AKMODS_CERTS)),
+                !ImageFirmware::read(image)?.akmods_certs.is_empty(),
                 "MOK enrollment auto (--iso-enroll-mok or the config's customizations.installer.enroll-mok): the image has no /{AKMODS_CERTS}/*.der (Universal Blue and Immutablue images ship their akmods key there); pass --iso-enroll-mok PATH.der"
             );
             settings.enroll_mok = Some("auto".into());
