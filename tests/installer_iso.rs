@@ -189,9 +189,12 @@ fn install_boot<'a>(target: &'a Path, firmware: Firmware, name: &str) -> Boot<'a
 }
 
 /// The unattended ISO (`--iso-target-disk auto`, a MOK to enroll) as a CD under UEFI, an empty
-/// disk first in the boot order: the installer installs onto that disk, requests the MOK's
-/// enrollment (virt-firmware reads the request in the variable store) and powers off; the disk
-/// then boots alone, with the variable store the install wrote, and every probe check passes.
+/// disk first in the boot order: the installer installs onto that disk (`install to-disk` in a
+/// guest, with a real kernel and udev making the partition nodes), then powers off. On the host,
+/// virt-firmware (not kiln's code) reads the variable store: kiln's boot entry first in
+/// BootOrder (shim's path, HD() of the disk's ESP as sfdisk reads it) and the MOK request. The
+/// request removed (shim would wait in MokManager), the disk boots alone with that store through
+/// kiln's entry, and every probe check passes.
 #[test]
 fn iso_installs_unattended_from_cd_under_uefi() {
     let s = Scratch::new("installer-iso-install");
@@ -205,6 +208,7 @@ fn iso_installs_unattended_from_cd_under_uefi() {
     installer.vars = Some(vars.clone());
     let tail = installer.until_console("kiln installer: installed onto /dev/vda; powering off").unwrap_or_else(|e| panic!("{e}"));
     println!("{tail}");
+    let (entry, esp_nr) = efivars::assert_boot_entry_first(&vars, &target, "Debian GNU/Linux", "\\EFI\\debian\\shimx64.efi");
     efivars::assert_mok_request_and_remove_it(&vars, &der);
 
     let mut installed = Boot::new(&target, Firmware::Uefi, "installer-iso-installed");
@@ -212,6 +216,7 @@ fn iso_installs_unattended_from_cd_under_uefi() {
     let report = installed.run().unwrap_or_else(|e| panic!("{e}"));
     println!("the installed disk:\n{report}");
     report.assert_outcome(&[]);
+    efivars::assert_started_entry(&report.console_log, &entry, "Debian GNU/Linux", esp_nr);
 }
 
 /// Blocks the sparse file `path` has allocated: any write from the guest allocates some.

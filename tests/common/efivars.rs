@@ -6,6 +6,8 @@ use std::process::Command;
 
 use super::run;
 
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
 const SHIM_GUID: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
 const X509_GUID: &str = "a5c059a1-94e4-4aa7-87b5-ab155c2bf072";
 
@@ -78,4 +80,38 @@ pub fn assert_mok_request_and_remove_it(vars: &Path, der: &Path) {
     assert_eq!(found["mok_auth"]["size"], 172, "{found:#}");
     assert_eq!(found["mok_auth"]["attr"], 7, "{found:#}");
     run(Command::new(virt_firmware_python().with_file_name("virt-fw-vars")).arg("--inplace").arg(vars).args(["-d", "MokNew", "-d", "MokAuth"]));
+}
+
+/// kiln's boot entry for `disk` is first in BootOrder, the only one with its `title`: shim's
+/// path on the ESP, HD() as sfdisk reads the disk's ESP (number, start, size, GUID). Returns the
+/// entry's name (`Boot####`) and the ESP's partition number.
+pub fn assert_boot_entry_first(vars: &Path, disk: &Path, title: &str, file: &str) -> (String, usize) {
+    let found = read_vars(vars);
+    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(disk))).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let (esp_nr, esp) = parts.iter().enumerate().find(|(_, p)| p["type"] == ESP_TYPE).map(|(i, p)| (i + 1, p)).expect("the installed disk has an ESP");
+    let first = found["boot_order"][0].as_str().unwrap_or_else(|| panic!("BootOrder is empty: {found:#}"));
+    let entry = &found["entries"][first];
+    assert_eq!(entry["title"], title, "the first entry is not kiln's: {found:#}");
+    assert_eq!(entry["file"], file, "{found:#}");
+    let hd = &entry["hd"];
+    assert_eq!(hd["nr"].as_u64(), Some(esp_nr as u64), "{found:#}\n{table:#}");
+    assert_eq!(hd["start"], esp["start"], "{found:#}\n{table:#}");
+    assert_eq!(hd["size"], esp["size"], "{found:#}\n{table:#}");
+    assert_eq!(hd["guid"].as_str().map(str::to_uppercase), esp["uuid"].as_str().map(str::to_uppercase), "{found:#}\n{table:#}");
+    let same_title = found["entries"].as_object().unwrap().values().filter(|e| e["title"] == title).count();
+    assert_eq!(same_title, 1, "one entry with kiln's label: {found:#}");
+    (first.to_string(), esp_nr)
+}
+
+/// The firmware started `entry` (OVMF prints `BdsDxe: starting Boot#### "title"` for the
+/// entry it boots, which is what BootCurrent holds) from the ESP, partition `esp_nr`.
+pub fn assert_started_entry(console_log: &Path, entry: &str, title: &str, esp_nr: usize) {
+    let console = String::from_utf8_lossy(&std::fs::read(console_log).unwrap()).into_owned();
+    let started = console.lines().find_map(|l| l.split("BdsDxe: starting ").nth(1)).unwrap_or_default();
+    assert!(
+        started.starts_with(&format!("{entry} \"{title}\" from HD({esp_nr},GPT,")),
+        "the firmware did not start kiln's entry {entry} first: {started:?} (console: {})",
+        console_log.display()
+    );
 }
