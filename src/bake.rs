@@ -244,14 +244,25 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     };
     disk::mkfs::check_supported(&rootfs)?;
     let layout = choose_layout(args, inputs, &image_disk, &platform, &rootfs, progress)?;
+    let ids = Ids::from_seed(args.seed.as_deref());
+    // Without a scan, a root that can grow (`disk::grow`) is sized from what the layers
+    // declare and grows as their files are stored, rather than after a pass counting what they
+    // hold; a seeded bake (whose filesystems are made at the end), one given --root-size, or an
+    // Asahi package (which records the root's size on the way) counts first.
+    let grows = scan.is_none()
+        && disk_size.is_none()
+        && !ids.is_seeded()
+        && args.root_size.is_none()
+        && !asahi_wanted(args)
+        && disk::grow::possible(disk, &layout, &rootfs);
     let content = match (&scan, disk_size) {
         (Some(s), _) => s.content_bytes,
         // With --size only a lower bound is needed to refuse a disk too small.
         (None, Some(_)) => image.layers.iter().map(|l| l.descriptor.size).sum(),
+        (None, None) if grows => image.uncompressed_size_lower_bound(),
         (None, None) => image.uncompressed_size()?,
     };
     let (root_size, root_min) = disk::root_size(content);
-    let ids = Ids::from_seed(args.seed.as_deref());
     if let Some(size) = disk.fixed_size() {
         disk::check_fits(&disk.name, size, &layout, root_min)?;
     }
@@ -280,6 +291,8 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
     std::fs::create_dir(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
     let mut sysroot = if ids.is_seeded() {
         Sysroot::create_staged(disk, &plan, &workdir, &args.output)?
+    } else if grows {
+        Sysroot::create_growing(disk, &plan, &workdir)?
     } else {
         Sysroot::create(disk, &plan, &workdir)?
     };
@@ -305,6 +318,13 @@ fn write_disk_once(args: &BakeArgs, inputs: &Inputs, disk: &Disk, run_dir: &Path
         e.close(&disk.file, p)?;
     }
 
+    let table = match sysroot.grown_root_size() {
+        Some(size) if size != plan.root().size => {
+            plan.resize_root(size);
+            table.regrown(&plan)?
+        }
+        _ => table,
+    };
     let stage = progress.stage("finish", None);
     sysroot.close()?;
     table.commit()?;
@@ -576,15 +596,19 @@ fn write_deployment(
 ) -> Result<Deployed> {
     let sysroot = target.root.as_path();
     let repo = Repo::create(&sysroot.join("ostree/repo"), ostree::SYSROOT_CONFIG)?;
+    let growing = target.growing();
     // Files are labelled as they stream in, when the image has a policy and labels are wanted.
     let (merged, written) = if args.disable_selinux {
-        (tree::apply_layers(image, &Interruptible(&repo), progress, "layers")?, Default::default())
+        (tree::apply_layers(image, &Guarded(&repo, growing.as_ref()), progress, "layers")?, Default::default())
     } else {
         let store = ostree::selabel::StreamLabels::new(&repo);
-        let merged = tree::apply_layers(image, &Interruptible(&store), progress, "layers")?;
+        let merged = tree::apply_layers(image, &Guarded(&store, growing.as_ref()), progress, "layers")?;
         (merged, store.into_written())
     };
     interrupt::check()?;
+    if let Some(g) = &growing {
+        g.fit(merged.content_bytes)?;
+    }
     crate::memory::release_freed();
     let (mut root, filtered) = ostree::convert(merged.root)?;
     let mut layers = merged.layers.into_iter().map(|l| ostree::commit::filter(l).map(|(d, _)| d)).collect::<Result<Vec<_>>>()?;
@@ -734,12 +758,16 @@ fn read_files(repo: &Repo, root: &Dir, wanted: &dyn Fn(&str) -> bool) -> Result<
     Ok(out)
 }
 
-/// A content store that stops at a signal.
-struct Interruptible<'a>(&'a dyn ContentStore);
+/// The repository's store as a bake uses it: stopped by an interrupt, and a growing root
+/// kept ahead of the files stored.
+struct Guarded<'a>(&'a dyn ContentStore, Option<&'a disk::grow::Growing<'a>>);
 
-impl ContentStore for Interruptible<'_> {
+impl ContentStore for Guarded<'_> {
     fn put(&self, path: &[Vec<u8>], meta: &Meta, size: u64, data: &mut dyn Read) -> Result<ContentKey> {
         interrupt::check()?;
+        if let Some(g) = self.1 {
+            g.make_room(size)?;
+        }
         self.0.put(path, meta, size, data)
     }
 }

@@ -21,11 +21,14 @@ fn image_ref() -> String {
 
 /// Bakes the test image into `<scratch>/out`; returns the raw disk's path.
 fn bake(s: &Scratch, extra: &[&str]) -> PathBuf {
+    bake_image(s, &image_ref(), extra)
+}
+
+fn bake_image(s: &Scratch, image: &str, extra: &[&str]) -> PathBuf {
     let out = s.path().join("out");
     let mut args = vec!["bake", "--type", "raw", "--output", out.to_str().unwrap(), "--target-imgref", "quay.io/kiln/test:latest"];
     args.extend_from_slice(extra);
-    let image = image_ref();
-    args.push(&image);
+    args.push(image);
     let o = kiln(&args);
     assert!(o.status.success(), "kiln bake failed:\n{}", String::from_utf8_lossy(&o.stderr));
     let raw = out.join("image/disk.raw");
@@ -93,20 +96,39 @@ fn ext4_root_boots_uefi_and_bios() {
 // The default layout's /boot is its own ext4, so with xfs or btrfs the firmware only changes
 // what ext4's pair already proves: one boot each, the firmware alternating (the sid image boots
 // xfs under BIOS and btrfs under UEFI; the bootc layout, whose /boot is on the root, boots both).
+// Both bake the test image with a zstd layer of zeros on top that declares no size: without
+// a scan (--rootfs given), the root starts at what the layers declare and grows online while
+// the file is stored (`disk::grow`); the grown filesystem passes its checker and boots with
+// the probe's check that it fills its partition.
 #[test]
 fn xfs_root_boots_uefi() {
     let s = Scratch::new("bake-xfs");
-    let raw = bake(&s, &["--rootfs", "xfs"]);
+    let raw = bake_image(&s, &image_growing_the_root(&s), &["--rootfs", "xfs"]);
     check_disk(&raw, "xfs", "default");
+    check_root_holds(&raw, ZEROS);
     boots_with("bake-xfs", &raw, &[Firmware::Uefi]);
 }
 
 #[test]
 fn btrfs_root_boots_bios() {
     let s = Scratch::new("bake-btrfs");
-    let raw = bake(&s, &["--rootfs", "btrfs"]);
+    let raw = bake_image(&s, &image_growing_the_root(&s), &["--rootfs", "btrfs"]);
     check_disk(&raw, "btrfs", "default");
+    check_root_holds(&raw, ZEROS);
     boots_with("bake-btrfs", &raw, &[Firmware::Bios]);
+}
+
+/// The zero bytes [`image_growing_the_root`] adds: over twice what the test image holds.
+const ZEROS: u64 = 3 << 29;
+
+fn image_growing_the_root(s: &Scratch) -> String {
+    common::oci::append_zeros_zstd_layer(&test_image().join("oci"), &s.path().join("layout"), "usr/share/kiln-test/zeros", ZEROS)
+}
+
+/// The root partition has room for `content` bytes and the filesystem's own (a quarter more).
+fn check_root_holds(raw: &Path, content: u64) {
+    let root = partitions(raw).pop().unwrap();
+    assert!(root.size >= content + content / 4, "the root partition ({} bytes) is too small for {content} bytes of content", root.size);
 }
 
 /// The bootc layout (no /boot partition) with the root filesystem type from the image's

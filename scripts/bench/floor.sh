@@ -1,13 +1,16 @@
 #!/bin/bash
-# The floor for a bake: extract the image's layers with tar into a fresh ext4 filesystem on a
-# loop device (no ostree, no bootloader, no layer semantics). Nothing a bake does can be
-# cheaper than writing the bytes once.
-# usage: floor.sh OCI_LAYOUT_DIR OUT.raw [SIZE]
+# The floor for a bake: extract the image's layers with tar into a fresh filesystem (ext4
+# unless FS says otherwise) on a loop device (no ostree, no bootloader, no layer semantics).
+# Nothing a bake does can be cheaper than writing the bytes once.
+# usage: floor.sh OCI_LAYOUT_DIR OUT.raw [SIZE [FS]]
 set -euo pipefail
-LAYOUT=$1 OUT=$2 SIZE=${3:-4G}
+LAYOUT=$1 OUT=$2 SIZE=${3:-4G} FS=${4:-ext4}
 M=$(mktemp -d)
 rm -f "$OUT"; truncate -s "$SIZE" "$OUT"
-mkfs.ext4 -q -F "$OUT"
+case $FS in
+  ext4) mkfs.ext4 -q -F "$OUT" ;;
+  *) "mkfs.$FS" -q -f "$OUT" ;;
+esac
 LOOP=$(losetup -f --show "$OUT")
 cleanup() { umount "$M" 2>/dev/null || true; losetup -d "$LOOP"; rmdir "$M"; }
 trap cleanup EXIT

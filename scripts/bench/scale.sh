@@ -3,7 +3,8 @@
 # desktop-sized images (scripts/bench/large-image.sh, built once and cached), in one run and
 # alternating: `kiln bake --type raw --rootfs ext4` vs the floor (tar -x of the layers into a fresh
 # ext4 on a loop device, scripts/bench/floor.sh). Prints time, ratio and peak RSS for each, and the
-# growth of each from the small image to the others.
+# growth of each from the small image to the others. KILN_BENCH_ROOTFS=xfs|btrfs measures that
+# root filesystem instead (kiln's and the floor's).
 # Goals: kiln <= 0.5x the floor at every size; peak RSS <= 128 MiB; kiln grows no faster than the
 # floor.
 # usage: scripts/bench/scale.sh [ROUNDS] [SIZES…]   (default: 2 rounds; small mid large)
@@ -16,6 +17,7 @@ cd "$(dirname "$(realpath "$0")")/../.."
 . scripts/bench/lib.sh
 ROUNDS=${1:-2}; shift || true
 SIZES=${*:-small mid large}
+ROOTFS=${KILN_BENCH_ROOTFS:-ext4}
 cargo build --release --locked -q --bin kiln
 declare -A LAYOUT
 NAMES=
@@ -32,17 +34,17 @@ W=$(mktemp -d /var/tmp/kiln-bench.XXXXXX); trap 'rm -rf "$W"' EXIT
 RESULTS=$W/results
 for i in $(seq "$ROUNDS"); do
   for s in $SIZES; do
-    measure "kiln-$s" ./target/release/kiln bake --type raw --rootfs ext4 --force --progress quiet --output "$W/kiln" "oci:${LAYOUT[$s]}:latest"
+    measure "kiln-$s" ./target/release/kiln bake --type raw --rootfs "$ROOTFS" --force --progress quiet --output "$W/kiln" "oci:${LAYOUT[$s]}:latest"
     rm -rf "$W/kiln"
     if [ -n "${KILN_BEFORE:-}" ]; then
-      measure "before-$s" "$KILN_BEFORE" bake --type raw --rootfs ext4 --force --progress quiet --output "$W/kiln" "oci:${LAYOUT[$s]}:latest"
+      measure "before-$s" "$KILN_BEFORE" bake --type raw --rootfs "$ROOTFS" --force --progress quiet --output "$W/kiln" "oci:${LAYOUT[$s]}:latest"
       rm -rf "$W/kiln"
     fi
-    measure "floor-$s" bash scripts/bench/floor.sh "${LAYOUT[$s]}" "$W/floor.raw" 16G
+    measure "floor-$s" bash scripts/bench/floor.sh "${LAYOUT[$s]}" "$W/floor.raw" 16G "$ROOTFS"
     rm -f "$W/floor.raw"
   done
 done
-echo "bake to a raw disk vs tar -x into ext4, $ROUNDS rounds:"
+echo "bake to a raw disk vs tar -x into $ROOTFS, $ROUNDS rounds:"
 for s in $SIZES; do
   report "kiln-$s" ${KILN_BEFORE:+"before-$s"} "floor-$s"
   echo "  ratio kiln/floor ($s): $(ratio "kiln-$s" "floor-$s")  (goal <= 0.5)"

@@ -11,7 +11,8 @@ use super::ids::Ids;
 pub const MIB: u64 = 1 << 20;
 /// Partitions start at 1 MiB and are MiB-aligned; the backup GPT needs the last 33 sectors.
 const FIRST: u64 = MIB;
-const GPT_TAIL: u64 = MIB;
+/// The end of a disk holds the GPT's backup (rounded up to a MiB).
+pub(crate) const GPT_TAIL: u64 = MIB;
 
 const BUILTIN: &[(&str, &str)] = &[
     ("default", include_str!("../../layouts/default.toml")),
@@ -284,6 +285,13 @@ impl Plan {
 
     pub fn root(&self) -> &Partition {
         self.part(Role::Root).expect("validated: a plan has a root")
+    }
+
+    /// The root, the disk's last partition, grew to `size` bytes: the disk grows with it.
+    pub fn resize_root(&mut self, size: u64) {
+        let root = self.partitions.iter_mut().find(|p| p.role == Role::Root).expect("validated: a plan has a root");
+        root.size = size;
+        self.size = root.offset + size + GPT_TAIL;
     }
 }
 

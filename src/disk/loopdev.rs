@@ -15,6 +15,8 @@ use anyhow::{bail, Context, Result};
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 #[repr(C)]
@@ -103,6 +105,20 @@ impl LoopDevice {
 }
 
 impl LoopDevice {
+    /// Makes the device `size` bytes long (its backing file must reach that far), mounted or
+    /// not: the kernel drains its I/O, changes the limit and announces the new capacity.
+    pub fn set_size(&self, size: u64) -> Result<()> {
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(self.device.as_raw_fd(), LOOP_GET_STATUS64, &mut info) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot read the settings of {}", self.path.display()));
+        }
+        info.lo_sizelimit = size;
+        if unsafe { libc::ioctl(self.device.as_raw_fd(), LOOP_SET_STATUS64, &info) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot make {} {size} bytes long", self.path.display()));
+        }
+        Ok(())
+    }
+
     /// Flushes the device to its backing file, reporting a write the file refused.
     pub fn flush(&self) -> Result<()> {
         self.device.sync_all().with_context(|| {

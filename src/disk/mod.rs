@@ -6,6 +6,7 @@ pub mod blockdev;
 pub mod custom;
 mod disk_yaml;
 pub mod esp;
+pub mod grow;
 pub mod image;
 pub mod ids;
 pub mod layout;

@@ -14,6 +14,7 @@ use sys_mount::{Mount, UnmountFlags};
 
 use super::layout::{Partition, Plan, Role};
 use super::loopdev::LoopDevice;
+use super::grow::{Growing, RootGrowth};
 use super::verity::{self, Ext4Fixup};
 use super::{mkfs, Disk, PartitionDevice};
 use crate::pending::PendingFile;
@@ -34,6 +35,8 @@ pub struct Sysroot {
     root_fs: String,
     /// fs-verity still to be finished on the root filesystem once unmounted (ext4).
     verity: Vec<Ext4Fixup>,
+    /// Set when the root grows as files are stored (see `grow`).
+    growth: Option<RootGrowth>,
 }
 
 /// The reproducible way (`--seed`): the sysroot is written to plain directories, and the
@@ -117,6 +120,28 @@ impl Sysroot {
         Ok(s)
     }
 
+    /// Like [`Sysroot::create`], with a root that grows from its size in `plan` as files are
+    /// stored into it (see `grow`, and `grow::possible`).
+    pub fn create_growing(disk: &Disk, plan: &Plan, workdir: &Path) -> Result<Sysroot> {
+        let growth = RootGrowth::new(disk, plan)?;
+        let mut s = Sysroot::create(disk, plan, workdir)?;
+        s.growth = Some(growth);
+        Ok(s)
+    }
+
+    /// The root's growth, while it is mounted and grows (see `grow`).
+    pub fn growing(&self) -> Option<Growing<'_>> {
+        match (&self.growth, self.loops.first()) {
+            (Some(growth), Some(PartitionDevice::Loop(device))) => Some(Growing { growth, device, mountpoint: &self.root }),
+            _ => None,
+        }
+    }
+
+    /// The root partition's size, for a root that grows (the plan's is its first).
+    pub fn grown_root_size(&self) -> Option<u64> {
+        self.growth.as_ref().map(RootGrowth::root_size)
+    }
+
     /// A sysroot on filesystems someone else made and mounted (`install to-filesystem`):
     /// nothing of it is unmounted when it closes.
     pub fn existing(root: PathBuf, root_fs: String) -> Sysroot {
@@ -124,7 +149,7 @@ impl Sysroot {
     }
 
     fn empty(root: PathBuf, root_fs: String) -> Sysroot {
-        Sysroot { root, mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None, root_fs, verity: Vec::new() }
+        Sysroot { root, mounts: Vec::new(), loops: Vec::new(), covered: Vec::new(), staged: None, root_fs, verity: Vec::new(), growth: None }
     }
 
     /// `sector_4k`: the filesystem is made for 4 KiB logical sectors too (see `Plan::sector_4k`).

@@ -76,10 +76,12 @@ pub struct PreparedTable<'a, D: Device + ?Sized> {
 /// Writes everything of `plan`'s GPT but the primary header and protective MBR, after zeroing
 /// those (so an older table on the device stops counting first).
 pub fn prepare<'a, D: Device + ?Sized>(device: &'a D, plan: &Plan, geometry: Geometry) -> Result<PreparedTable<'a, D>> {
-    prepare_entries(device, geometry, &plan.disk_guid, &entry_array(plan, geometry.sector)?)
+    prepare_entries(device, geometry, &plan.disk_guid, &entry_array(plan, geometry.sector)?, true)
 }
 
-fn prepare_entries<'a, D: Device + ?Sized>(device: &'a D, geometry: Geometry, disk_guid: &str, entries: &[u8]) -> Result<PreparedTable<'a, D>> {
+/// `clear`: zero the protective MBR and primary header first (false when a preparation did
+/// already, and a bootloader may have written its boot code before the MBR's entries since).
+fn prepare_entries<'a, D: Device + ?Sized>(device: &'a D, geometry: Geometry, disk_guid: &str, entries: &[u8], clear: bool) -> Result<PreparedTable<'a, D>> {
     let Geometry { sector, .. } = geometry;
     ensure!(sector == 512 || sector == 4096, "a logical sector size of {sector} bytes is not supported (512 or 4096)");
     let sectors = geometry.sectors();
@@ -109,8 +111,10 @@ fn prepare_entries<'a, D: Device + ?Sized>(device: &'a D, geometry: Geometry, di
     padded.resize((entry_sectors * sector) as usize, 0);
 
     let step = |what: &str, r: io::Result<()>| r.with_context(|| format!("writing the partition table: {what}"));
-    step("clearing the protective MBR and primary header", device.write_at(&vec![0u8; 2 * sector as usize], 0))?;
-    step("syncing", device.sync())?;
+    if clear {
+        step("clearing the protective MBR and primary header", device.write_at(&vec![0u8; 2 * sector as usize], 0))?;
+        step("syncing", device.sync())?;
+    }
     step("primary entries", device.write_at(&padded, 2 * sector))?;
     step("backup entries", device.write_at(&padded, (last - entry_sectors) * sector))?;
     step("backup header", device.write_at(&backup, last * sector))?;
@@ -124,7 +128,14 @@ fn prepare_entries<'a, D: Device + ?Sized>(device: &'a D, geometry: Geometry, di
     Ok(PreparedTable { device, geometry, primary, mbr_tail })
 }
 
-impl<D: Device + ?Sized> PreparedTable<'_, D> {
+impl<'a, D: Device + ?Sized> PreparedTable<'a, D> {
+    /// The same disk, grown to `plan.size` (its last partition grew): the table prepared again
+    /// for that size, still uncommitted. The device must be that large already.
+    pub fn regrown(self, plan: &Plan) -> Result<PreparedTable<'a, D>> {
+        let geometry = Geometry { size: plan.size, sector: self.geometry.sector };
+        prepare_entries(self.device, geometry, &plan.disk_guid, &entry_array(plan, geometry.sector)?, false)
+    }
+
     /// Writes the primary header, then the protective MBR (keeping the boot code a BIOS
     /// bootloader put before it): from here on the disk has its table.
     pub fn commit(self) -> Result<()> {
@@ -148,7 +159,7 @@ pub fn write_empty<D: Device + ?Sized>(device: &D, geometry: Geometry) -> Result
     device.write_at(&[0u8; MBR_PARTITIONS], 0).context("clearing the MBR boot code")?;
     let entries = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
     let guid = super::Ids::from_seed(None).uuid("empty disk");
-    prepare_entries(device, geometry, &guid, &entries)?.commit()
+    prepare_entries(device, geometry, &guid, &entries, true)?.commit()
 }
 
 /// Leaves `device` (of `size` bytes) with no partition table: the protective MBR's partition
@@ -239,7 +250,7 @@ pub struct TableEntry<'a> {
 /// Writes a whole GPT of `entries` (for tables that are not a layout's, as the ISO's hybrid
 /// one): the same writer and order as [`write`].
 pub fn write_entries<D: Device + ?Sized>(device: &D, geometry: Geometry, disk_guid: &str, entries: &[TableEntry]) -> Result<()> {
-    prepare_entries(device, geometry, disk_guid, &entry_bytes(entries, geometry.sector)?)?.commit()
+    prepare_entries(device, geometry, disk_guid, &entry_bytes(entries, geometry.sector)?, true)?.commit()
 }
 
 fn entry_array(plan: &Plan, sector: u64) -> Result<Vec<u8>> {

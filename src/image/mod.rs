@@ -271,6 +271,12 @@ impl Image {
         }
     }
 
+    /// What the layers' uncompressed tars hold at least, without decompressing any: the sizes
+    /// they declare, and for the others their compressed size.
+    pub fn uncompressed_size_lower_bound(&self) -> u64 {
+        (0..self.layers.len()).map(|i| self.uncompressed_size_hint(i).unwrap_or(self.layers[i].descriptor.size)).sum()
+    }
+
     /// The total size of the layers' uncompressed tars: hints where there are, counting the
     /// other layers by decompressing them, on every core. The tars are checked against their
     /// diff_ids here (hashed on a thread beside the decompressing one), so the pass that uses

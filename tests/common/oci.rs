@@ -19,26 +19,7 @@ impl RawTar {
     /// Adds an entry: `kind` is the tar type flag (b'0' file, b'1' hardlink, b'2' symlink,
     /// b'5' directory, b'6' FIFO).
     pub fn entry(mut self, path: &str, kind: u8, mode: u32, link: &str, data: &[u8]) -> Self {
-        let mut h = [0u8; 512];
-        h[..path.len()].copy_from_slice(path.as_bytes());
-        let octal = |h: &mut [u8; 512], off: usize, len: usize, v: u64| {
-            let s = format!("{:0w$o}\0", v, w = len - 1);
-            h[off..off + len].copy_from_slice(s.as_bytes());
-        };
-        octal(&mut h, 100, 8, mode as u64);
-        octal(&mut h, 108, 8, 0);
-        octal(&mut h, 116, 8, 0);
-        octal(&mut h, 124, 12, data.len() as u64);
-        octal(&mut h, 136, 12, 1_700_000_000);
-        h[156] = kind;
-        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| b as u32).sum();
-        let s = format!("{sum:06o}\0 ");
-        h[148..156].copy_from_slice(s.as_bytes());
-        self.0.extend_from_slice(&h);
+        self.0.extend_from_slice(&header(path, kind, mode, link, data.len() as u64));
         self.0.extend_from_slice(data);
         self.0.resize(self.0.len().div_ceil(512) * 512, 0);
         self
@@ -53,6 +34,30 @@ impl RawTar {
         self.0.extend_from_slice(&[0u8; 1024]);
         self.0
     }
+}
+
+/// A ustar header for an entry of `size` bytes.
+fn header(path: &str, kind: u8, mode: u32, link: &str, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..path.len()].copy_from_slice(path.as_bytes());
+    let octal = |h: &mut [u8; 512], off: usize, len: usize, v: u64| {
+        let s = format!("{:0w$o}\0", v, w = len - 1);
+        h[off..off + len].copy_from_slice(s.as_bytes());
+    };
+    octal(&mut h, 100, 8, mode as u64);
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, size);
+    octal(&mut h, 136, 12, 1_700_000_000);
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
 }
 
 pub struct LayerBlob {
@@ -105,6 +110,34 @@ pub fn layer_blobs(dir: &Path) -> Vec<std::path::PathBuf> {
 /// Writes into `dir` the image of layout `src` (tag `latest`) with one more layer on top
 /// (blobs hardlinked where they can be); returns its `oci:` reference.
 pub fn append_layer(src: &Path, dir: &Path, layer: &LayerBlob) -> String {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&layer.tar).unwrap();
+    append_blob(src, dir, &e.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip", &sha256(&layer.tar))
+}
+
+/// Like [`append_layer`], the layer a zstd stream (one frame without a content size, as
+/// streaming encoders write it) of one file at `path` holding `size` zero bytes: much
+/// content, nothing that declares how much, in a blob of a few hundred KiB.
+pub fn append_zeros_zstd_layer(src: &Path, dir: &Path, path: &str, size: u64) -> String {
+    let mut hash = Sha256::new();
+    let mut z = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    let mut put = |b: &[u8]| {
+        hash.update(b);
+        z.write_all(b).unwrap();
+    };
+    put(&header(path, b'0', 0o644, "", size));
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = size.div_ceil(512) * 512 + 1024;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        put(&chunk[..n]);
+        left -= n as u64;
+    }
+    let diff_id = format!("sha256:{}", hex::encode(hash.finalize()));
+    append_blob(src, dir, &z.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+zstd", &diff_id)
+}
+
+fn append_blob(src: &Path, dir: &Path, blob: &[u8], media_type: &str, diff_id: &str) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
@@ -123,11 +156,9 @@ pub fn append_layer(src: &Path, dir: &Path, layer: &LayerBlob) -> String {
     let tagged = index["manifests"].as_array().unwrap().iter().find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest");
     let mut manifest = read(tagged.expect("a manifest tagged latest")["digest"].as_str().unwrap());
     let mut config = read(manifest["config"]["digest"].as_str().unwrap());
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(&layer.tar).unwrap();
-    let (d, s) = put(&e.finish().unwrap());
-    manifest["layers"].as_array_mut().unwrap().push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s}));
-    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(sha256(&layer.tar)));
+    let (d, s) = put(blob);
+    manifest["layers"].as_array_mut().unwrap().push(json!({"mediaType": media_type, "digest": d, "size": s}));
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(diff_id));
     let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
     manifest["config"]["digest"] = json!(cd);
     manifest["config"]["size"] = json!(cs);
