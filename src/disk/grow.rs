@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
-use super::layout::{Layout, Plan, Role, MIB};
+use super::layout::{Layout, Plan, Role, GPT_TAIL, MIB};
 use super::loopdev::LoopDevice;
 use super::{root_size, Disk, Target};
 
@@ -50,11 +50,7 @@ impl RootGrowth {
         let root = plan.root();
         let fs = root.filesystem.clone().unwrap_or_default();
         let last = plan.partitions.iter().max_by_key(|p| p.offset).map(|p| p.role);
-        anyhow::ensure!(
-            matches!(disk.target, Target::Image) && last == Some(Role::Root) && GROWS.contains(&fs.as_str()),
-            "a {fs} root on {} cannot grow while written",
-            disk.name
-        );
+        anyhow::ensure!(can_grow(disk, last, &fs), "a {fs} root on {} cannot grow while written", disk.name);
         Ok(RootGrowth {
             disk: disk.file.try_clone().context("cannot reopen the disk image")?,
             fs,
@@ -86,9 +82,9 @@ impl RootGrowth {
         }
         let end = self.root_offset + old;
         // The GPT's backup at the old end becomes root space: no stale header left in it.
-        self.disk.write_all_at(&vec![0u8; super::layout::GPT_TAIL as usize], end).context("growing the disk image")?;
+        self.disk.write_all_at(&vec![0u8; GPT_TAIL as usize], end).context("growing the disk image")?;
         self.disk
-            .set_len(self.root_offset + new + super::layout::GPT_TAIL)
+            .set_len(self.root_offset + new + GPT_TAIL)
             .context("growing the disk image (is the disk holding the output full?)")?;
         device.set_size(new)?;
         grow_filesystem(&self.fs, mountpoint, new).with_context(|| format!("growing the root filesystem ({}) to {} MiB", self.fs, new / MIB))?;
@@ -104,7 +100,11 @@ const GROWS: [&str; 2] = ["xfs", "btrfs"];
 /// Whether a root of type `fs`, laid out by `layout`, can grow on `disk` while it is written:
 /// an image (a device's size is fixed), the root its last partition, a filesystem in [`GROWS`].
 pub fn possible(disk: &Disk, layout: &Layout, fs: &str) -> bool {
-    matches!(disk.target, Target::Image) && layout.partitions.last().is_some_and(|p| p.role == Role::Root) && GROWS.contains(&fs)
+    can_grow(disk, layout.partitions.last().map(|p| p.role), fs)
+}
+
+fn can_grow(disk: &Disk, last: Option<Role>, fs: &str) -> bool {
+    matches!(disk.target, Target::Image) && last == Some(Role::Root) && GROWS.contains(&fs)
 }
 
 const XFS_IOC_FSGEOMETRY_V1: libc::c_ulong = 0x8070_5864;
