@@ -7,7 +7,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::boot::{Boot, Firmware};
 use common::{bake_fails, run, sid, sid_image, tiny_image, Scratch};
@@ -21,17 +20,6 @@ fn bake(s: &Scratch, extra: &[&str]) -> PathBuf {
     let mut args = vec!["--target-imgref", "quay.io/kiln/test-sid:latest"];
     args.extend_from_slice(extra);
     common::bake_raw(s, &sid_ref(), &args)
-}
-
-/// One ext4 bake of the sid image, shared by the tests that only read it.
-fn shared_disk() -> &'static Path {
-    static DISK: OnceLock<(Scratch, PathBuf)> = OnceLock::new();
-    let (_, raw) = DISK.get_or_init(|| {
-        let s = Scratch::new("fedora-shared");
-        let raw = bake(&s, &["--rootfs", "ext4"]);
-        (s, raw)
-    });
-    raw
 }
 
 /// A partition of a raw disk mounted read-only; unmounted and detached when dropped.
@@ -102,7 +90,7 @@ fn setfiles(deploy: &Path, alt_root: &Path, target: &Path, exclude: &[PathBuf], 
 #[test]
 fn setfiles_finds_nothing_to_relabel() {
     let s = Scratch::new("fedora-setfiles");
-    let raw = shared_disk();
+    let raw = &bake(&s, &["--rootfs", "ext4"]);
     let root = Mounted::new(raw, 4, &s.path().join("root"));
     let boot = Mounted::new(raw, 3, &root.dir.join("boot"));
     let (dep, stateroot) = deployment(&root.dir);
@@ -133,7 +121,7 @@ fn root_checksums(repo: &Path, rev: &str, binds: &[&Path]) -> (String, String) {
 #[test]
 fn labelled_commit_equals_ostree_commit_with_the_policy() {
     let s = Scratch::new("fedora-commit");
-    let raw = shared_disk();
+    let raw = &bake(&s, &["--rootfs", "ext4"]);
     let root = Mounted::new(raw, 4, &s.path().join("root"));
     let repo = root.dir.join("ostree/repo");
     let refs = run(Command::new("ostree").arg(format!("--repo={}", repo.display())).arg("refs"));
