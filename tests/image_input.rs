@@ -192,7 +192,7 @@ fn refuses_a_layer_whose_diff_id_differs() {
     let reference = write_layout(&layout, &[LayerBlob { tar, gzip: true }], json!({}), "amd64");
     // Rewrite the config with a wrong diff_id, and the manifest and index to match.
     rewrite_config(&layout, |c| c["rootfs"]["diff_ids"][0] = json!(format!("sha256:{}", "0".repeat(64))));
-    let err = refuse_ref(&s, &reference, &["layer 1/1", "diff_id"]);
+    let err = refuse_ref(&s, &reference, &["layer 1/1", "diff_id", "rebuild and push it again"]);
     assert!(err.contains("does not match"), "{err}");
 }
 
@@ -216,7 +216,7 @@ fn bake_refuses_a_zstd_layer_whose_diff_id_differs() {
     rewrite_config(&layout, |c| c["rootfs"]["diff_ids"][zstd] = json!(format!("sha256:{}", "0".repeat(64))));
     let reference = format!("oci:{}:latest", layout.display());
     let layer = format!("layer {}/{}", zstd + 1, layers.len());
-    let err = common::bake_fails(&s, &reference, &["--rootfs", "ext4", "--progress", "plain"], &[&layer, "uncompressed tar (diff_id)", "does not match"]);
+    let err = common::bake_fails(&s, &reference, &["--rootfs", "ext4", "--progress", "plain"], &[&layer, "uncompressed tar (diff_id)", "does not match", "the image config's diff_id"]);
     assert!(!err.contains("layers: started"), "the layers pass began before the check:\n{err}");
 }
 

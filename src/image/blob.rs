@@ -15,6 +15,8 @@ pub struct Verified<R> {
     size: Option<u64>,
     read: u64,
     what: String,
+    /// What a digest mismatch means and what to do, for the error.
+    mismatch: &'static str,
     checked: bool,
 }
 
@@ -27,7 +29,17 @@ impl<R: Read> Verified<R> {
             size,
             read: 0,
             what: what.into(),
+            mismatch: "the blob is corrupt: fetch or copy the image again",
             checked: false,
+        }
+    }
+
+    /// A layer's uncompressed tar, checked against the diff_id the image config gives.
+    pub fn diff_id(inner: R, diff_id: &str, what: impl Into<String>) -> Self {
+        Verified {
+            mismatch: "the layer decompresses to other content than the image config's diff_id: \
+                       the image was built or altered wrongly; rebuild and push it again",
+            ..Verified::new(inner, diff_id, None, what)
         }
     }
 }
@@ -55,8 +67,8 @@ impl<R: Read> Read for Verified<R> {
             let actual = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
             if actual != self.expected {
                 return Err(invalid(format!(
-                    "{} does not match its digest: expected {}, got {actual} (the blob is corrupt)",
-                    self.what, self.expected
+                    "{} does not match its digest: expected {}, got {actual} ({})",
+                    self.what, self.expected, self.mismatch
                 )));
             }
         }

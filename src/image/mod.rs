@@ -230,7 +230,7 @@ impl Image {
         let stream: Box<dyn Read + Send> = if tar_is_blob || self.diff_id_checked[i].load(Ordering::SeqCst) {
             tar
         } else {
-            Box::new(blob::Verified::new(tar, &layer.diff_id, None, format!("{what}: uncompressed tar (diff_id)")))
+            Box::new(blob::Verified::diff_id(tar, &layer.diff_id, format!("{what}: uncompressed tar (diff_id)")))
         };
         Ok(Box::new(blob::pipelined(stream)))
     }
@@ -289,7 +289,7 @@ impl Image {
             let raw = self.transport.blob(d)?;
             let (_, tar) = blob::decompress(raw, &d.media_type)?;
             // The caller's context names the image and the layer.
-            let size = blob::count(blob::Verified::new(blob::pipelined(tar), &self.layers[i].diff_id, None, "uncompressed tar (diff_id)"))?;
+            let size = blob::count(blob::Verified::diff_id(blob::pipelined(tar), &self.layers[i].diff_id, "uncompressed tar (diff_id)"))?;
             self.diff_id_checked[i].store(true, Ordering::SeqCst);
             Ok(size)
         };

@@ -10,7 +10,7 @@ pub type Xattr = (Vec<u8>, Vec<u8>);
 
 /// Extended attributes sorted by name; empty or an interned set. Reads go through the slice
 /// (`Deref`); a changed set is a new one ([`Xattrs::new`]).
-#[derive(Clone, Default, Hash)]
+#[derive(Clone, Default)]
 pub struct Xattrs(Option<Arc<Vec<Xattr>>>);
 
 /// Every set made so far. Kept for the process: the sets an image uses are few and small.
@@ -70,6 +70,13 @@ impl PartialEq for Xattrs {
 }
 
 impl Eq for Xattrs {}
+
+// By content, as `eq` compares when the sets are not one.
+impl std::hash::Hash for Xattrs {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
 
 impl std::fmt::Debug for Xattrs {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
