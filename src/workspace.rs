@@ -22,8 +22,11 @@ use anyhow::{bail, Context, Result};
 use crate::pending::{self, lock, lock_if_abandoned, same_file};
 use crate::progress::Progress;
 
-/// An output directory this run has to itself, until dropped.
+/// An output directory this run has to itself, until dropped. The directories the run
+/// made (the output directory, the outputs' ones) are removed when dropped if they are still
+/// empty, so a failed run leaves nothing where nothing was.
 pub struct OutputDir {
+    made: Vec<PathBuf>,
     _lock: File,
 }
 
@@ -31,6 +34,9 @@ impl OutputDir {
     /// Makes `path` if needed and claims it; refuses when another kiln holds it. Stale state
     /// in it and in `subdirs` (the outputs' directories) is removed.
     pub fn claim(path: &Path, subdirs: &[PathBuf], progress: &Progress) -> Result<OutputDir> {
+        // Innermost first, so that dropping removes the outputs' directories before their parent.
+        let made: Vec<PathBuf> =
+            subdirs.iter().map(PathBuf::as_path).chain(std::iter::once(path)).filter(|d| !d.exists()).map(Path::to_path_buf).collect();
         std::fs::create_dir_all(path).with_context(|| format!("cannot create the output directory {}", path.display()))?;
         let dir = File::open(path).with_context(|| format!("cannot open the output directory {}", path.display()))?;
         if !lock(&dir, false)? {
@@ -43,7 +49,16 @@ impl OutputDir {
         for d in std::iter::once(path).chain(subdirs.iter().map(PathBuf::as_path)) {
             remove_stale(d, progress);
         }
-        Ok(OutputDir { _lock: dir })
+        Ok(OutputDir { made, _lock: dir })
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        for d in &self.made {
+            // Fails, leaving it, when an output is in it.
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 

@@ -205,6 +205,7 @@ pub fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> 
     }
     args.extend_from_slice(extra);
     args.push(image);
+    let out_existed = out.exists();
     let o = kiln(&args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "bake succeeded but should have failed");
@@ -215,6 +216,7 @@ pub fn bake_fails(s: &Scratch, image: &str, extra: &[&str], expect: &[&str]) -> 
         assert!(err.contains(e), "error lacks {e:?}:\n{err}");
     }
     assert_no_partial_output(&out);
+    assert!(out_existed || !out.exists(), "the failed bake left its output directory {} behind", out.display());
     assert_no_leftovers(s.path());
     err
 }
